@@ -1,0 +1,28 @@
+//! Stage 6, deliver: sends the processed request to its vendor and hands back the vendor's
+//! answer. [`Outgoing`] is the request as it leaves the rules stage, fully determined (upstream,
+//! path and query, headers, body), so it can be sent now or, later, spooled and sent in the
+//! background.
+
+pub mod client;
+pub mod h1;
+mod io;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method};
+
+pub use client::{ClientSettings, UpstreamClient};
+pub use h1::UpstreamBody;
+
+/// A request ready to go upstream.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub method: Method,
+    /// Index into the rule set's upstreams.
+    pub upstream: usize,
+    /// Path and query at the upstream, starting with `/`.
+    pub path_and_query: PathAndQuery,
+    /// Headers after the header policy; no `Host`, `Content-Length` or hop-by-hop headers.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}

@@ -1,0 +1,36 @@
+//! tagway: a first-party tracking gateway. A reverse proxy on a tracking subdomain that takes
+//! the requests analytics tags send, applies the site's rules, and relays them to the vendors.
+//!
+//! # Layout
+//! Modules follow the path of a request; data flows one way:
+//!
+//! ```text
+//! listen ──► route ──► (decode ─► rules ─► encode) ──► deliver ──► respond
+//!   │          │                                         │            │
+//!   conn       ruleset (compiled snapshot, ArcSwap)      client       Reject → status
+//! ```
+//!
+//! - [`listen`]: sockets, TLS, connection limits, header/idle timeouts, graceful shutdown.
+//! - [`proxy`]: calls the stages in order for one request.
+//! - [`route`]: host + method + path → route. [`headers`] / [`clientip`]: what may leave.
+//! - [`deliver`]: the upstream client. [`respond`]: every answer the gateway makes itself.
+//! - Around the path: [`config`] (rule files → [`ruleset::RuleSet`]), [`certs`],
+//!   [`watch`] (hot reload), [`admin`] (metrics, health), [`gateway`] (shared state).
+
+pub mod admin;
+pub mod certs;
+pub mod clientip;
+pub mod config;
+pub mod deliver;
+pub mod gateway;
+pub mod headers;
+pub mod listen;
+pub mod metrics;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod ruleset;
+pub mod watch;
+
+pub use gateway::{Gateway, Settings};
+pub use listen::{Listeners, run};

@@ -1,0 +1,337 @@
+//! The `tagway` command: `serve` (the default), `check`. Flags have environment-variable
+//! twins (`TAGWAY_LISTEN`, …). Start-up problems are printed as one line naming what and
+//! where, with a non-zero exit status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use ipnet::IpNet;
+use tagway::certs::CertStore;
+use tagway::clientip::TrustedProxies;
+use tagway::config::{self, RulesSource, UpstreamOverride};
+use tagway::deliver::ClientSettings;
+use tagway::{Gateway, Listeners, Settings};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "tagway",
+    version,
+    about = "First-party tracking gateway",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (what `tagway` with no subcommand does).
+    Serve(Box<ServeArgs>),
+    /// Validate the rule files; prints `file:line:col: problem` and exits 1 if any.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Rules folder (falls back to the embedded rules when absent).
+    #[arg(long, env = "TAGWAY_RULES", default_value = "rules")]
+    rules: PathBuf,
+    /// Also check these overrides: NAME=URL.
+    #[arg(long = "upstream", env = "TAGWAY_UPSTREAM", value_delimiter = ',')]
+    upstreams: Vec<UpstreamOverride>,
+}
+
+/// A listen address, or `off`.
+#[derive(Clone, Debug)]
+struct Listen(Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        s.parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|_| format!("expected HOST:PORT like 127.0.0.1:8080, or off; got {s:?}"))
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 10s, 500ms, 2m)"))
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("write a size like 64KiB or 8MiB, got {s:?}"))
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Plain listener: HTTP/1.1 and h2c (`off` to disable).
+    #[arg(long, env = "TAGWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: Listen,
+    /// TLS listener: HTTP/1.1 and HTTP/2 by ALPN (`off` to disable).
+    #[arg(long, env = "TAGWAY_TLS_LISTEN", default_value = "127.0.0.1:8443")]
+    tls_listen: Listen,
+    /// Admin listener: /metrics, /healthz, /readyz (`off` to disable).
+    #[arg(long, env = "TAGWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    admin_listen: Listen,
+    /// Certificates folder: NAME.crt + NAME.key per host name.
+    #[arg(long, env = "TAGWAY_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    /// Rules folder; when absent, the rules compiled into the binary are used.
+    #[arg(long, env = "TAGWAY_RULES", default_value = "rules")]
+    rules: PathBuf,
+    /// Extra trusted CA bundle (PEM) for upstream TLS, besides the public web roots.
+    #[arg(long, env = "TAGWAY_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    /// Override the origin of a named upstream: NAME=URL (repeatable).
+    #[arg(long = "upstream", env = "TAGWAY_UPSTREAM", value_delimiter = ',')]
+    upstreams: Vec<UpstreamOverride>,
+    /// CIDRs of proxies in front of tagway whose X-Forwarded-For/Forwarded is believed.
+    #[arg(long, env = "TAGWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<IpNet>,
+    /// A request head must be complete this long after it starts (also the TLS handshake bound).
+    #[arg(long, env = "TAGWAY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_timeout: Duration,
+    /// Close connections with no request in flight after this long.
+    #[arg(long, env = "TAGWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// A request body must arrive within this long.
+    #[arg(long, env = "TAGWAY_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    body_timeout: Duration,
+    /// On SIGTERM/SIGINT, requests in flight get this long to finish.
+    #[arg(long, env = "TAGWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    shutdown_timeout: Duration,
+    /// Upstream connect timeout.
+    #[arg(long, env = "TAGWAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = duration)]
+    connect_timeout: Duration,
+    /// Upstream total timeout: request sent to response body complete.
+    #[arg(long, env = "TAGWAY_UPSTREAM_TIMEOUT", default_value = "15s", value_parser = duration)]
+    upstream_timeout: Duration,
+    /// Maximum concurrent client connections.
+    #[arg(long, env = "TAGWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest upstream response body passed on.
+    #[arg(long, env = "TAGWAY_MAX_RESPONSE_SIZE", default_value = "8MiB", value_parser = size)]
+    max_response_size: u64,
+    /// Largest request head; larger gets 431.
+    #[arg(long, env = "TAGWAY_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = size)]
+    max_header_size: u64,
+    /// Worker threads serving traffic (default: one per CPU).
+    #[arg(long, env = "TAGWAY_WORKERS")]
+    workers: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TAGWAY_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.cmd {
+        Some(Cmd::Check(a)) => check(a),
+        Some(Cmd::Serve(a)) => {
+            let a = *a;
+            let explicit = matches
+                .subcommand_matches("serve")
+                .and_then(|m| m.value_source("certs"))
+                != Some(ValueSource::DefaultValue);
+            serve(a, explicit)
+        }
+        None => serve(
+            cli.serve,
+            matches.value_source("certs") != Some(ValueSource::DefaultValue),
+        ),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tagway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(a: CheckArgs) -> Result<ExitCode> {
+    let source = RulesSource::dir_or_embedded(&a.rules);
+    match config::load(&source, &a.upstreams) {
+        Ok(set) => {
+            println!(
+                "{}: {} files, {} routes, {} upstreams: OK",
+                source.describe(),
+                set.files,
+                set.routes.routes().len(),
+                set.upstreams.len()
+            );
+            for r in set.routes.routes() {
+                println!(
+                    "  route {:<24} -> {} {}",
+                    r.name, set.upstreams[r.upstream].name, set.upstreams[r.upstream].origin
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "{} problem(s) in {}",
+                e.diagnostics.len(),
+                source.describe()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn serve(a: ServeArgs, certs_explicit: bool) -> Result<ExitCode> {
+    // Traffic runs on the worker threads `run` starts; this runtime only waits for signals,
+    // watches files and serves the admin listener.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve_async(a, certs_explicit))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
+    let source = RulesSource::dir_or_embedded(&a.rules);
+    if matches!(source, RulesSource::Embedded) {
+        tracing::info!(
+            "rules folder {} not found: using the rule files embedded in the binary",
+            a.rules.display()
+        );
+    }
+    let certs = match a.tls_listen.0 {
+        None => None,
+        Some(_) => {
+            if certs_explicit && !a.certs.exists() {
+                bail!(
+                    "certificates folder {} (--certs) does not exist",
+                    a.certs.display()
+                );
+            }
+            let (store, problems) = CertStore::load(&a.certs)?;
+            for p in &problems {
+                tracing::error!("certificate not loaded: {p}");
+            }
+            let map = store.current();
+            if map.generated {
+                tracing::warn!(
+                    "no certificates in {}: serving a self-signed certificate for localhost, generated in memory",
+                    a.certs.display()
+                );
+            } else {
+                tracing::info!(names = ?map.names, "certificates loaded from {}", a.certs.display());
+            }
+            Some(store)
+        }
+    };
+    let settings = Settings {
+        header_timeout: a.header_timeout,
+        idle_timeout: a.idle_timeout,
+        body_timeout: a.body_timeout,
+        shutdown_timeout: a.shutdown_timeout,
+        max_connections: a.max_connections,
+        max_header_bytes: usize::try_from(a.max_header_size).unwrap_or(usize::MAX),
+        trusted_proxies: TrustedProxies::new(a.trusted_proxies.clone()),
+        rules: source,
+        overrides: a.upstreams.clone(),
+        client: ClientSettings {
+            connect_timeout: a.connect_timeout,
+            timeout: a.upstream_timeout,
+            max_response: a.max_response_size,
+            ..ClientSettings::default()
+        },
+        upstream_ca: a.upstream_ca.clone(),
+        workers: a
+            .workers
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let gw: Arc<Gateway> = Gateway::new(settings, certs)?;
+    let rules = gw.rules();
+    tracing::info!(
+        routes = rules.routes.routes().len(),
+        files = rules.files,
+        "rules loaded from {}",
+        rules.source
+    );
+    if rules.site.origins.is_empty() {
+        tracing::warn!(
+            "[site] lists no origins: browsers on other origins cannot read answers (CORS)"
+        );
+    }
+
+    let listeners = Listeners {
+        plain: bind(a.listen.0, "--listen")?,
+        tls: bind(a.tls_listen.0, "--tls-listen")?,
+        admin: bind(a.admin_listen.0, "--admin-listen")?,
+    };
+    for (what, l) in [
+        ("http", &listeners.plain),
+        ("https", &listeners.tls),
+        ("admin", &listeners.admin),
+    ] {
+        if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
+            tracing::info!("listening ({what}) on {addr}");
+        }
+    }
+    let _watcher = tagway::watch::start(gw.clone());
+    tagway::run(gw, listeners, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds a listener with a deep accept backlog; the error names the flag that chose it.
+fn bind(addr: Option<SocketAddr>, flag: &str) -> Result<Option<std::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let l =
+        tagway::listen::bind(addr).with_context(|| format!("cannot listen on {addr} ({flag})"))?;
+    Ok(Some(l))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

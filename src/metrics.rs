@@ -1,0 +1,144 @@
+//! Counters the gateway keeps, rendered in the Prometheus text format on the admin listener's
+//! `/metrics`. Plain atomics with fixed label sets: an increment on the request path is one
+//! relaxed add, and every in-process test gateway owns its own counters.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::respond::Reject;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Vendor answers relayed, by status class (index 1..=5).
+    pub relayed: [AtomicU64; 6],
+    /// Requests the gateway answered itself, by [`Reject::KINDS`].
+    pub rejected: [AtomicU64; Reject::KINDS.len()],
+    pub connections_accepted: AtomicU64,
+    pub connections_open: AtomicI64,
+    pub tls_handshake_failures: AtomicU64,
+    pub header_timeouts: AtomicU64,
+    pub idle_closed: AtomicU64,
+    pub rules_reloads: AtomicU64,
+    pub rules_reload_failures: AtomicU64,
+    /// 1 while the last reload attempt failed (the previous rules keep serving).
+    pub rules_last_reload_failed: AtomicU64,
+    pub cert_reloads: AtomicU64,
+    pub cert_problems: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+impl Metrics {
+    pub fn reject(&self, r: &Reject) {
+        inc(&self.rejected[r.index()]);
+    }
+
+    pub fn relayed(&self, status: http::StatusCode) {
+        inc(&self.relayed[(status.as_u16() / 100).clamp(1, 5) as usize]);
+    }
+
+    pub fn rejected_count(&self, kind: &str) -> u64 {
+        Reject::KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.rejected[i].load(Relaxed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        header(
+            &mut o,
+            "tagway_relayed_total",
+            "counter",
+            "Vendor answers relayed to clients, by status class.",
+        );
+        for (i, c) in self.relayed.iter().enumerate().skip(1) {
+            let _ = writeln!(o, "tagway_relayed_total{{class=\"{i}xx\"}} {}", g(c));
+        }
+        header(
+            &mut o,
+            "tagway_rejected_total",
+            "counter",
+            "Requests the gateway answered itself, by reason.",
+        );
+        for (k, c) in Reject::KINDS.iter().zip(&self.rejected) {
+            let _ = writeln!(o, "tagway_rejected_total{{reason=\"{k}\"}} {}", g(c));
+        }
+        let simple: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "tagway_connections_accepted_total",
+                "Client connections accepted.",
+                &self.connections_accepted,
+            ),
+            (
+                "tagway_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                &self.tls_handshake_failures,
+            ),
+            (
+                "tagway_header_timeouts_total",
+                "Connections closed because a request head was not complete in time.",
+                &self.header_timeouts,
+            ),
+            (
+                "tagway_idle_closed_total",
+                "Keep-alive connections closed after the idle timeout.",
+                &self.idle_closed,
+            ),
+            (
+                "tagway_rules_reloads_total",
+                "Rule sets loaded after start.",
+                &self.rules_reloads,
+            ),
+            (
+                "tagway_rules_reload_failures_total",
+                "Rule reloads rejected; the previous rules kept serving.",
+                &self.rules_reload_failures,
+            ),
+            (
+                "tagway_rules_last_reload_failed",
+                "1 when the last rule reload failed.",
+                &self.rules_last_reload_failed,
+            ),
+            (
+                "tagway_cert_reloads_total",
+                "Certificate folder re-reads.",
+                &self.cert_reloads,
+            ),
+            (
+                "tagway_cert_problems_total",
+                "Certificate pairs that failed to load.",
+                &self.cert_problems,
+            ),
+        ];
+        for (name, help, c) in simple {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            header(&mut o, name, kind, help);
+            let _ = writeln!(o, "{name} {}", g(c));
+        }
+        header(
+            &mut o,
+            "tagway_connections_open",
+            "gauge",
+            "Client connections open now.",
+        );
+        let _ = writeln!(
+            o,
+            "tagway_connections_open {}",
+            self.connections_open.load(Relaxed)
+        );
+        o
+    }
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}

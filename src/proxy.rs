@@ -1,0 +1,284 @@
+//! The request path, stage by stage: checks what the request claims to be (host, target,
+//! framing) → route → read the body within the route's limits → header policy → deliver →
+//! the vendor's answer back through the response policy. Each stage lives in its own module;
+//! this file only calls them in order and turns every failure into a [`Reject`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::clientip;
+use crate::config::compile::has_dot_segment;
+use crate::deliver::{Outgoing, UpstreamClient};
+use crate::gateway::Gateway;
+use crate::headers;
+use crate::respond::{self, Reject, ResBody};
+use crate::route::Lookup;
+use crate::ruleset::RuleSet;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// TLS server name the client asked for, if any.
+    pub sni: Option<Box<str>>,
+}
+
+/// Handles one request. Never fails: every problem becomes an answer with a status, a
+/// `tagway-error` kind and a message, and is counted.
+pub async fn handle(
+    gw: &Gateway,
+    client: &UpstreamClient,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
+    let rules = gw.rules();
+    let cors = headers::allowed_origin(req.headers(), &rules.site).cloned();
+    match relay(gw, client, &rules, conn, req, cors.as_ref()).await {
+        Ok(res) => res,
+        Err(reject) => {
+            gw.metrics.reject(&reject);
+            match &reject {
+                Reject::UpstreamConnect(m)
+                | Reject::UpstreamTimeout(m)
+                | Reject::UpstreamFailed(m) => gw.warn_limited(reject.kind(), m),
+                r => tracing::debug!(kind = r.kind(), "request answered by the gateway"),
+            }
+            reject.into_response(cors.as_ref())
+        }
+    }
+}
+
+async fn relay(
+    gw: &Gateway,
+    client: &UpstreamClient,
+    rules: &RuleSet,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    cors: Option<&HeaderValue>,
+) -> Result<Response<ResBody>, Reject> {
+    if req.method() == Method::CONNECT {
+        return Err(Reject::ConnectRefused);
+    }
+    let host = request_host(&req)?;
+    if let Some(h) = host {
+        if !rules.site.serves_host(h) {
+            return Err(Reject::HostNotServed);
+        }
+        if conn
+            .sni
+            .as_deref()
+            .is_some_and(|sni| !sni.eq_ignore_ascii_case(h))
+        {
+            return Err(Reject::Misdirected);
+        }
+    } else if !rules.site.hosts.is_empty() {
+        return Err(Reject::BadRequest("a Host header is required"));
+    }
+    let host = host.unwrap_or("");
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(Reject::NotFound);
+    }
+    if has_dot_segment(path) {
+        return Err(Reject::BadRequest(
+            "the path may not contain `.` or `..` segments",
+        ));
+    }
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(Reject::BadRequest(
+            "both Transfer-Encoding and Content-Length are set",
+        ));
+    }
+
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let route = rules
+            .routes
+            .find_any_method(host, path)
+            .ok_or(Reject::NotFound)?;
+        let origin = cors.ok_or(Reject::OriginNotAllowed)?;
+        return Ok(respond::empty(
+            StatusCode::NO_CONTENT,
+            headers::preflight_headers(req.headers(), route, origin),
+        ));
+    }
+
+    let (route, rest_from) = match rules.routes.find(host, req.method(), path) {
+        Lookup::Found(r, at) => (r, at),
+        Lookup::MethodNotAllowed(r) => return Err(Reject::MethodNotAllowed(r.allow.clone())),
+        Lookup::NotFound => return Err(Reject::NotFound),
+    };
+    // The common case, an upstream path equal to the request's: reuse the parsed target.
+    let path_and_query = match req.uri().path_and_query() {
+        Some(pq) if route.upstream_path == path[..rest_from] => pq.clone(),
+        _ => upstream_target(&route.upstream_path, &path[rest_from..], req.uri().query())?,
+    };
+
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        body,
+        &parts.headers,
+        route.max_body,
+        gw.settings.body_timeout,
+    )
+    .await?;
+    let client_ip =
+        clientip::client_ip(conn.peer.ip(), &parts.headers, &gw.settings.trusted_proxies);
+    let out = Outgoing {
+        method: parts.method,
+        upstream: route.upstream,
+        path_and_query,
+        headers: headers::upstream_headers(&parts.headers, route, client_ip),
+        body,
+    };
+
+    let upstream = &rules.upstreams[route.upstream];
+    let (res, deadline) = client.send(upstream, out).await?;
+    let (mut parts, body) = res.into_parts();
+    gw.metrics.relayed(parts.status);
+    headers::filter_response(&mut parts.headers, route);
+    if let Some(o) = cors {
+        headers::add_cors(&mut parts.headers, o);
+    }
+    parts.version = Version::HTTP_11;
+    tracing::debug!(route = %route.name, status = parts.status.as_u16(), "relayed");
+    Ok(Response::from_parts(
+        parts,
+        ResBody::upstream(body, client.settings().max_response, deadline),
+    ))
+}
+
+/// The host the request is for, without port: `:authority` (HTTP/2) or the single `Host`
+/// header, which must agree with an absolute-form target. `None` only for HTTP/1.0 without Host.
+fn request_host(req: &Request<Incoming>) -> Result<Option<&str>, Reject> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Reject::BadRequest("more than one Host header"));
+    }
+    let host_header = match host_header {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Reject::BadRequest("the Host header is not valid"))?,
+        ),
+        None => None,
+    };
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let chosen = match (authority, host_header) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => {
+            return Err(Reject::BadRequest(
+                "the request target names a different host than the Host header",
+            ));
+        }
+        (Some(a), _) => Some(a),
+        (None, Some(h)) => Some(h),
+        (None, None) if req.version() == Version::HTTP_10 => None,
+        (None, None) => return Err(Reject::BadRequest("a Host header is required")),
+    };
+    match chosen {
+        Some(h) => strip_port(h)
+            .map(Some)
+            .ok_or(Reject::BadRequest("the Host header is not valid")),
+        None => Ok(None),
+    }
+}
+
+/// `host:port` → `host`; `[::1]:8443` → `::1`. `None` for malformed values.
+fn strip_port(h: &str) -> Option<&str> {
+    if let Some(rest) = h.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(is_port)).then_some(ip);
+    }
+    let host = match h.rsplit_once(':') {
+        Some((host, port)) if is_port(port) => host,
+        Some(_) => return None,
+        None => h,
+    };
+    (!host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    .then_some(host)
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Upstream path and query: the route's path (plus the rest of a prefix match) and the
+/// request's query as it arrived.
+fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> Result<PathAndQuery, Reject> {
+    let mut s = String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str(base);
+    s.push_str(rest);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s)
+        .map_err(|_| Reject::BadRequest("the request target cannot be forwarded"))
+}
+
+/// Reads the whole request body within the route's limit and the body timeout. A declared
+/// length over the limit is refused before reading (so no `100 Continue` is sent).
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, Reject> {
+    if let Some(v) = headers.get(header::CONTENT_LENGTH) {
+        let len = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(Reject::BadRequest("Content-Length is not a number"))?;
+        if len > limit {
+            return Err(Reject::BodyTooLarge(limit));
+        }
+    }
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match tokio::time::timeout(timeout, Limited::new(body, limit_usize).collect()).await {
+        Err(_) => Err(Reject::BodyTimeout),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Reject::BodyTooLarge(limit))
+        }
+        Ok(Err(_)) => Err(Reject::BodyRead),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(
+            strip_port("metrics.shop.example:8443"),
+            Some("metrics.shop.example")
+        );
+        assert_eq!(strip_port("localhost"), Some("localhost"));
+        assert_eq!(strip_port("[::1]:8443"), Some("::1"));
+        assert_eq!(strip_port("[::1]"), Some("::1"));
+        assert_eq!(strip_port("a:b"), None);
+        assert_eq!(strip_port("evil.example/x"), None);
+        assert_eq!(strip_port(""), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests: one test binary (ripgrep-style) so the suite links once.
+//! Everything runs on loopback; processes the tests start are stopped by PID.
+
+mod support;
+
+mod certs;
+mod headers;
+mod limits;
+mod packaging;
+mod process;
+mod relay;
+mod reload;
+mod security;

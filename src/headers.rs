@@ -107,6 +107,10 @@ fn keep_cookies(line: &HeaderValue, keep: &[String], out: &mut Option<String>) {
 
 /// Removes what must not reach the browser from the vendor's response headers.
 pub fn filter_response(headers: &mut HeaderMap, route: &Route) {
+    // Usually nothing is to go: find out with one pass over the names before allocating.
+    if !headers.keys().any(|n| is_dropped_response_header(n, route)) {
+        return;
+    }
     let mut drop: Vec<HeaderName> = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
         if let Ok(s) = v.to_str() {
@@ -116,11 +120,12 @@ pub fn filter_response(headers: &mut HeaderMap, route: &Route) {
             );
         }
     }
-    for name in headers.keys() {
-        if is_dropped_response_header(name, route) {
-            drop.push(name.clone());
-        }
-    }
+    drop.extend(
+        headers
+            .keys()
+            .filter(|n| is_dropped_response_header(n, route))
+            .cloned(),
+    );
     for name in drop {
         headers.remove(&name);
     }

@@ -4,14 +4,14 @@
 //! this file only calls them in order and turns every failure into a [`Reject`].
 
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::clientip;
@@ -253,15 +253,48 @@ async fn read_body(
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match tokio::time::timeout(timeout, Limited::new(body, limit_usize).collect()).await {
-        Err(_) => Err(Reject::BodyTimeout),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Reject::BodyTooLarge(limit))
+    // Frames are taken as they come; a body that arrived with its head (a beacon's usually
+    // does) is one frame and is neither copied nor made to wait on a timer.
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    let mut total: u64 = 0;
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let frame = std::future::poll_fn(|cx| {
+            if let Poll::Ready(f) = std::pin::Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Ok(f));
+            }
+            let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Reject::BodyTimeout)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
+        let Some(frame) = frame else { break };
+        let Ok(data) = frame.map_err(|_| Reject::BodyRead)?.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > limit {
+            return Err(Reject::BodyTooLarge(limit));
         }
-        Ok(Err(_)) => Err(Reject::BodyRead),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        match (&mut first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut m = BytesMut::with_capacity(f.len() + data.len());
+                m.extend_from_slice(f);
+                m.extend_from_slice(&data);
+                more = Some(m);
+            }
+            (Some(_), Some(m)) => m.extend_from_slice(&data),
+        }
     }
+    Ok(match more {
+        Some(m) => m.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::client::conn::http2;
@@ -130,8 +129,13 @@ impl Pool {
                 &mut h1.last_mut().expect("just pushed").1
             }
         };
+        // Oldest first: drop the expired prefix (take() uses the newest, at the end).
         let now = Instant::now();
-        list.retain(|i| now.duration_since(i.since) < self.idle_for);
+        let expired = list
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= self.idle_for)
+            .count();
+        list.drain(..expired);
         if list.len() < self.max_idle {
             list.push(Idle { conn, since: now });
         }
@@ -205,15 +209,7 @@ impl UpstreamClient {
         out: Outgoing,
     ) -> Result<(Response<UpstreamBody>, Instant), Reject> {
         let deadline = Instant::now() + self.settings.timeout;
-        let res = match tokio::time::timeout_at(deadline, self.send_inner(up, out)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Reject::UpstreamTimeout(format!(
-                    "upstream {} ({}) did not answer within {:?} (--upstream-timeout)",
-                    up.name, up.origin, self.settings.timeout
-                )));
-            }
-        };
+        let res = self.send_inner(up, out, deadline).await?;
         if let Some(len) = http_body::Body::size_hint(res.body()).exact() {
             if len > self.settings.max_response {
                 return Err(Reject::UpstreamTooLarge(format!(
@@ -225,14 +221,31 @@ impl UpstreamClient {
         Ok((res, deadline))
     }
 
+    fn timed_out(&self, up: &Upstream) -> Reject {
+        Reject::UpstreamTimeout(format!(
+            "upstream {} ({}) did not answer within {:?} (--upstream-timeout)",
+            up.name, up.origin, self.settings.timeout
+        ))
+    }
+
+    /// HTTP/1.1 exchanges bound themselves with their connection's timer; connecting and
+    /// HTTP/2 use a timer of their own.
     async fn send_inner(
         &self,
         up: &Upstream,
         out: Outgoing,
+        deadline: Instant,
     ) -> Result<Response<UpstreamBody>, Reject> {
         let key = up.origin.as_str();
+        let max = self.settings.max_response;
+        let exchange_error = |e: ExchangeError| match e {
+            ExchangeError::Timeout => self.timed_out(up),
+            e => failed(up, &e),
+        };
         if let Some(h2) = self.pool.h2(key) {
-            return send_h2(h2, up, out).await;
+            return tokio::time::timeout_at(deadline, send_h2(h2, up, out))
+                .await
+                .map_err(|_| self.timed_out(up))?;
         }
         if let Some(conn) = self.pool.take(key) {
             match h1::exchange(
@@ -241,20 +254,26 @@ impl UpstreamClient {
                 &out,
                 &self.pool,
                 key,
-                self.settings.max_response,
+                max,
+                deadline,
             )
             .await
             {
                 Ok(r) => return Ok(r),
                 // The upstream closed the idle connection: retry once on a new one.
                 Err(ExchangeError::Stale) => {}
-                Err(e) => return Err(failed(up, &e)),
+                Err(e) => return Err(exchange_error(e)),
             }
         }
-        match self.connect(up).await? {
+        let fresh = tokio::time::timeout_at(deadline, self.connect(up))
+            .await
+            .map_err(|_| self.timed_out(up))??;
+        match fresh {
             Fresh::H2(s) => {
                 self.pool.set_h2(key, s.clone());
-                send_h2(s, up, out).await
+                tokio::time::timeout_at(deadline, send_h2(s, up, out))
+                    .await
+                    .map_err(|_| self.timed_out(up))?
             }
             Fresh::H1(conn) => h1::exchange(
                 conn,
@@ -262,10 +281,11 @@ impl UpstreamClient {
                 &out,
                 &self.pool,
                 key,
-                self.settings.max_response,
+                max,
+                deadline,
             )
             .await
-            .map_err(|e| failed(up, &e)),
+            .map_err(exchange_error),
         }
     }
 
@@ -309,10 +329,7 @@ impl UpstreamClient {
             })??;
         let _ = tcp.set_nodelay(true);
         if !https {
-            return Ok(Fresh::H1(H1Conn {
-                io: Io::Plain(tcp),
-                buf: BytesMut::new(),
-            }));
+            return Ok(Fresh::H1(H1Conn::new(Io::Plain(tcp))));
         }
         let name = ServerName::try_from(
             host.trim_start_matches('[')
@@ -336,10 +353,7 @@ impl UpstreamClient {
             });
             return Ok(Fresh::H2(sender));
         }
-        Ok(Fresh::H1(H1Conn {
-            io: Io::Tls(Box::new(tls)),
-            buf: BytesMut::new(),
-        }))
+        Ok(Fresh::H1(H1Conn::new(Io::Tls(Box::new(tls)))))
     }
 }
 

@@ -8,15 +8,18 @@
 //! ending in `chunked` wins over `Content-Length`; differing lengths are an error; otherwise
 //! the body runs to the end of the connection (which is then not reused).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
 
 use super::Outgoing;
 use super::client::Pool;
@@ -32,11 +35,46 @@ const MAX_HEADERS: usize = 128;
 const INLINE_BODY: u64 = 1024 * 1024;
 /// Longest chunk-size line or trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Connection-specific response fields not passed on (besides `Connection` and
+/// `Transfer-Encoding`, which are read for framing).
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
 /// An idle or busy HTTP/1.1 connection and the bytes read from it but not yet used.
 pub struct H1Conn {
     pub io: Io,
     pub buf: BytesMut,
+    /// The current exchange's deadline. One timer per connection, moved forward for each
+    /// exchange (a cheap update in tokio's wheel), instead of a new timer per request.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl H1Conn {
+    pub fn new(io: Io) -> Self {
+        let far = Instant::now() + Duration::from_secs(86_400);
+        H1Conn {
+            io,
+            buf: BytesMut::new(),
+            timer: Box::pin(tokio::time::sleep_until(far)),
+        }
+    }
+}
+
+/// Runs `fut` unless `timer` fires first.
+async fn bounded<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    fut: impl Future<Output = T>,
+) -> Result<T, ExchangeError> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(ExchangeError::Timeout));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Why an exchange failed.
@@ -49,6 +87,8 @@ pub enum ExchangeError {
     Protocol(String),
     /// The declared body length is over the response size limit.
     TooLarge(u64),
+    /// The deadline passed.
+    Timeout,
 }
 
 impl std::fmt::Display for ExchangeError {
@@ -57,6 +97,7 @@ impl std::fmt::Display for ExchangeError {
             ExchangeError::Stale => write!(f, "connection closed before any response"),
             ExchangeError::Io(e) => write!(f, "{e}"),
             ExchangeError::Protocol(m) => write!(f, "{m}"),
+            ExchangeError::Timeout => write!(f, "no complete answer before the upstream timeout"),
             ExchangeError::TooLarge(n) => write!(
                 f,
                 "response of {n} bytes is over the limit (--max-response-size)"
@@ -73,10 +114,14 @@ pub async fn exchange(
     pool: &Arc<Pool>,
     key: &str,
     max_body: u64,
+    deadline: Instant,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
     let mut req = Vec::with_capacity(256 + out.path_and_query.as_str().len() + out.body.len());
     encode(out, authority, &mut req);
-    conn.io.write_all(&req).await.map_err(stale_or)?;
+    conn.timer.as_mut().reset(deadline);
+    bounded(&mut conn.timer, conn.io.write_all(&req))
+        .await?
+        .map_err(stale_or)?;
 
     let (head, framing, reusable) = loop {
         if !conn.buf.is_empty() {
@@ -98,13 +143,15 @@ pub async fn exchange(
         }
         let seen = !conn.buf.is_empty();
         conn.buf.reserve(8192);
-        let n = conn.io.read_buf(&mut conn.buf).await.map_err(|e| {
-            if seen {
-                ExchangeError::Io(e)
-            } else {
-                stale_or(e)
-            }
-        })?;
+        let n = bounded(&mut conn.timer, conn.io.read_buf(&mut conn.buf))
+            .await?
+            .map_err(|e| {
+                if seen {
+                    ExchangeError::Io(e)
+                } else {
+                    stale_or(e)
+                }
+            })?;
         if n == 0 {
             return Err(if seen {
                 ExchangeError::Protocol("connection closed inside the response head".into())
@@ -130,10 +177,8 @@ pub async fn exchange(
             let n = n as usize;
             while conn.buf.len() < n {
                 conn.buf.reserve(n - conn.buf.len());
-                if conn
-                    .io
-                    .read_buf(&mut conn.buf)
-                    .await
+                if bounded(&mut conn.timer, conn.io.read_buf(&mut conn.buf))
+                    .await?
                     .map_err(ExchangeError::Io)?
                     == 0
                 {
@@ -245,44 +290,31 @@ fn parse_head(
     } else {
         Version::HTTP_10
     };
+    // Framing and connection reuse come from the raw fields; the connection-specific ones
+    // (RFC 9110 §7.6.1) are not copied into the response, which is re-framed downstream.
+    let mut close = false;
+    let mut te_last: Option<&[u8]> = None;
+    let mut len: Option<u64> = None;
     let mut headers = HeaderMap::with_capacity(r.headers.len());
     for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-            ExchangeError::Protocol(format!("invalid response header name {:?}", h.name))
-        })?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| {
-            ExchangeError::Protocol(format!("invalid value in response header {}", h.name))
-        })?;
-        headers.append(name, value);
-    }
-    let close = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v, "close"));
-    let reusable = version == Version::HTTP_11 && !close;
-    let no_body = *method == Method::HEAD || code == 204 || code == 304;
-    let framing = if no_body {
-        Framing::None
-    } else if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let last = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .map(str::trim);
-        if last.is_some_and(|l| l.eq_ignore_ascii_case("chunked")) {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            close |= h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            continue;
         }
-    } else {
-        let mut len = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
-            let n = v
-                .to_str()
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            te_last = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(<[u8]>::trim_ascii);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
@@ -294,8 +326,33 @@ fn parse_head(
                     "conflicting Content-Length values in response".into(),
                 ));
             }
+            if len.is_some() {
+                continue;
+            }
             len = Some(n);
+        } else if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            continue;
         }
+        let hname = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ExchangeError::Protocol(format!("invalid response header name {name:?}"))
+        })?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| {
+            ExchangeError::Protocol(format!("invalid value in response header {name}"))
+        })?;
+        headers.append(hname, value);
+    }
+    let reusable = version == Version::HTTP_11 && !close;
+    let no_body = *method == Method::HEAD || code == 204 || code == 304;
+    let framing = if no_body {
+        Framing::None
+    } else if let Some(te) = te_last {
+        if te.eq_ignore_ascii_case(b"chunked") {
+            headers.remove(header::CONTENT_LENGTH);
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
         len.map_or(Framing::UntilClose, Framing::Length)
     };
     let reusable = reusable && framing != Framing::UntilClose;
@@ -305,11 +362,6 @@ fn parse_head(
         framing,
         reusable,
     )))
-}
-
-fn has_token(v: &HeaderValue, token: &str) -> bool {
-    v.to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// The body of an upstream response.

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -292,30 +293,54 @@ where
     // The first check comes at the shorter bound; after that each verdict says when to look again.
     let watchdog = tokio::time::sleep(header.min(idle));
     tokio::pin!(watchdog);
+    let cancelled = ctx.token.cancelled();
+    tokio::pin!(cancelled);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = watchdog.as_mut() => match state.verdict(Instant::now(), header, idle) {
-                Verdict::CheckAt(t) => watchdog.as_mut().reset(t),
-                Verdict::HeaderTimeout => {
-                    ctx.gw.metrics.header_timeouts.fetch_add(1, Relaxed);
-                    return;
+    // The watchdog timer and the shutdown signal only need our waker registered once (it is
+    // the same for every poll of this task); after that, checking whether they fired is a
+    // load. A `select!` would re-poll both on every wake-up of the connection, that is,
+    // several times per request.
+    let (mut watch_armed, mut cancel_armed) = (false, false);
+    std::future::poll_fn(|cx| {
+        loop {
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if !watch_armed || watchdog.is_elapsed() {
+                watch_armed = true;
+                if watchdog.as_mut().poll(cx).is_ready() {
+                    match state.verdict(Instant::now(), header, idle) {
+                        Verdict::CheckAt(t) => watchdog.as_mut().reset(t),
+                        Verdict::HeaderTimeout => {
+                            ctx.gw.metrics.header_timeouts.fetch_add(1, Relaxed);
+                            return Poll::Ready(());
+                        }
+                        Verdict::Idle if closing => return Poll::Ready(()),
+                        Verdict::Idle => {
+                            ctx.gw.metrics.idle_closed.fetch_add(1, Relaxed);
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            watchdog
+                                .as_mut()
+                                .reset(Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                    watch_armed = false;
+                    continue;
                 }
-                Verdict::Idle if closing => return,
-                Verdict::Idle => {
-                    ctx.gw.metrics.idle_closed.fetch_add(1, Relaxed);
+            }
+            if !closing && (!cancel_armed || ctx.token.is_cancelled()) {
+                cancel_armed = true;
+                if cancelled.as_mut().poll(cx).is_ready() {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
-                    watchdog.as_mut().reset(Instant::now() + Duration::from_secs(1));
+                    continue;
                 }
-            },
-            _ = ctx.token.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
             }
+            return Poll::Pending;
         }
-    }
+    })
+    .await
 }
 
 /// Binds a TCP listener (address reuse, a deep accept backlog), non-blocking, ready for [`run`].

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::clientip;
+use crate::deliver::HeaderList;
 use crate::ruleset::{ForwardIp, Route, Site};
 
 /// Inbound headers forwarded to every upstream.
@@ -31,27 +32,27 @@ const FORWARDED: &[HeaderName] = &[
 
 /// Builds the upstream request's headers from the inbound ones. `Host` is not set here: the
 /// upstream client derives it from the upstream's authority.
-pub fn upstream_headers(inbound: &HeaderMap, route: &Route, client: IpAddr) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(inbound.len().min(16) + 2);
+pub fn upstream_headers(inbound: &HeaderMap, route: &Route, client: IpAddr) -> HeaderList {
+    let mut out = HeaderList::with_capacity(inbound.len().min(16) + 2);
     let mut cookies: Option<String> = None;
     for (name, value) in inbound {
         if FORWARDED.contains(name) || is_client_hint(name) || route.forward_headers.contains(name)
         {
-            out.append(name.clone(), value.clone());
+            out.push((name.clone(), value.clone()));
         } else if name == header::REFERER {
             if let Some(v) = origin_of(value) {
-                out.insert(header::REFERER, v);
+                out.push((header::REFERER, v));
             }
         } else if name == header::COOKIE && !route.cookies.is_empty() {
             keep_cookies(value, &route.cookies, &mut cookies);
         }
     }
     if let Some(c) = cookies.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        out.insert(header::COOKIE, c);
+        out.push((header::COOKIE, c));
     }
     if let Some(ip) = forwarded_ip(route.forward_ip, client) {
         if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            out.insert(HeaderName::from_static("x-forwarded-for"), v);
+            out.push((HeaderName::from_static("x-forwarded-for"), v));
         }
     }
     out
@@ -247,7 +248,9 @@ mod tests {
         );
         h.append("cookie", HeaderValue::from_static("session=abc; _ga=GA1.1"));
         h.append("cookie", HeaderValue::from_static("other=1"));
-        let out = upstream_headers(&h, &route(), "203.0.113.77".parse().unwrap());
+        let out: HeaderMap = upstream_headers(&h, &route(), "203.0.113.77".parse().unwrap())
+            .into_iter()
+            .collect();
         assert_eq!(out["user-agent"], "UA");
         assert_eq!(out["sec-ch-ua-platform"], "\"Linux\"");
         assert_eq!(out["x-vendor"], "1");
@@ -261,7 +264,7 @@ mod tests {
     #[test]
     fn private_client_ip_is_never_forwarded() {
         let out = upstream_headers(&HeaderMap::new(), &route(), "192.168.1.20".parse().unwrap());
-        assert!(out.get("x-forwarded-for").is_none());
+        assert!(out.iter().all(|(n, _)| n != "x-forwarded-for"));
         assert_eq!(
             forwarded_ip(ForwardIp::Full, "2001:db8::7".parse().unwrap()),
             Some("2001:db8::7".parse().unwrap())

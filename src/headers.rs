@@ -230,6 +230,9 @@ mod tests {
             set_cookie: false,
             forward_headers: vec![HeaderName::from_static("x-vendor")],
             max_body: 1024,
+            program: crate::rules::Program::empty(),
+            answer: Default::default(),
+            on_undecodable: crate::ruleset::OnUndecodable::Reject,
         }
     }
 

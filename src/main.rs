@@ -41,6 +41,44 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Validate the rule files; prints `file:line:col: problem` and exits 1 if any.
     Check(CheckArgs),
+    /// Show what would go upstream for a request, field by field: before, after, and the rule.
+    Explain(ExplainArgs),
+    /// Run the [[test]] cases written in the rule files; exits 1 if any fails.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Rules folder (falls back to the embedded rules when absent).
+    #[arg(long, env = "TAGWAY_RULES", default_value = "rules")]
+    rules: PathBuf,
+    /// The request URL (https://metrics.shop.example/g/collect?v=2&…) or path.
+    #[arg(long, required_unless_present = "har")]
+    url: Option<String>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// A request header, "Name: value" (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// The request body: a file, or - for standard input.
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// Explain every request of a HAR file (browser devtools: "Save all as HAR").
+    #[arg(long, conflicts_with = "url")]
+    har: Option<PathBuf>,
+    /// The client's address, for IP rules and templates.
+    #[arg(long, default_value = "203.0.113.7")]
+    client_ip: std::net::IpAddr,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Rules folder (falls back to the embedded rules when absent).
+    #[arg(long, env = "TAGWAY_RULES", default_value = "rules")]
+    rules: PathBuf,
 }
 
 #[derive(Args)]
@@ -153,6 +191,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.cmd {
         Some(Cmd::Check(a)) => check(a),
+        Some(Cmd::Explain(a)) => explain(a),
+        Some(Cmd::Test(a)) => run_tests(a),
         Some(Cmd::Serve(a)) => {
             let a = *a;
             let explicit = matches
@@ -177,7 +217,7 @@ fn main() -> ExitCode {
 
 fn check(a: CheckArgs) -> Result<ExitCode> {
     let source = RulesSource::dir_or_embedded(&a.rules);
-    match config::load(&source, &a.upstreams) {
+    match config::load_without_secrets(&source, &a.upstreams) {
         Ok(set) => {
             println!(
                 "{}: {} files, {} routes, {} upstreams: OK",
@@ -204,6 +244,152 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn load_rules(dir: &std::path::Path) -> Result<tagway::ruleset::RuleSet> {
+    let source = RulesSource::dir_or_embedded(dir);
+    config::load_without_secrets(&source, &[])
+        .map_err(|e| anyhow::anyhow!("{e}\n(run `tagway check` for details)"))
+}
+
+fn explain(a: ExplainArgs) -> Result<ExitCode> {
+    use tagway::inspect::{Request, inspect};
+    let rules = load_rules(&a.rules)?;
+    let mut requests: Vec<Request> = Vec::new();
+    if let Some(har) = &a.har {
+        requests = har_requests(har, a.client_ip)?;
+    } else if let Some(url) = &a.url {
+        let method = http::Method::from_bytes(a.method.to_ascii_uppercase().as_bytes())
+            .context("--method")?;
+        let mut req = Request::from_url(method, url).map_err(anyhow::Error::msg)?;
+        for h in &a.headers {
+            let (n, v) = h
+                .split_once(':')
+                .with_context(|| format!("--header {h:?}: write \"Name: value\""))?;
+            req.headers.append(
+                http::HeaderName::from_bytes(n.trim().as_bytes())
+                    .with_context(|| format!("--header {h:?}: bad name"))?,
+                http::HeaderValue::from_str(v.trim())
+                    .with_context(|| format!("--header {h:?}: bad value"))?,
+            );
+        }
+        if let Some(b) = &a.body {
+            let bytes = if b.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                    .context("reading the body from standard input")?;
+                v
+            } else {
+                std::fs::read(b).with_context(|| format!("--body {}", b.display()))?
+            };
+            req.body = bytes.into();
+        }
+        req.client_ip = a.client_ip;
+        requests.push(req);
+    }
+    let mut failed = false;
+    let mut json_out = Vec::new();
+    for req in &requests {
+        match inspect(&rules, req, &mut |_, _| {}) {
+            Ok(ins) if a.json => json_out.push(tagway::explain::json(&ins)),
+            Ok(ins) => println!("{}", tagway::explain::text(&ins)),
+            Err(e) => {
+                failed = true;
+                if a.json {
+                    json_out.push(serde_json::json!({ "error": e, "url": format!("{}{}", req.host, req.path) }));
+                } else {
+                    println!("{} {}{}: {e}\n", req.method, req.host, req.path);
+                }
+            }
+        }
+    }
+    if a.json {
+        let v = if a.har.is_some() {
+            serde_json::Value::Array(json_out)
+        } else {
+            json_out.pop().unwrap_or_default()
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(if failed && a.har.is_none() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The requests of a HAR file.
+fn har_requests(
+    path: &std::path::Path,
+    client_ip: std::net::IpAddr,
+) -> Result<Vec<tagway::inspect::Request>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--har {}", path.display()))?;
+    let har: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--har {}: not JSON", path.display()))?;
+    let entries = har["log"]["entries"]
+        .as_array()
+        .with_context(|| format!("--har {}: no log.entries", path.display()))?;
+    let mut out = Vec::new();
+    for e in entries {
+        let r = &e["request"];
+        let (Some(method), Some(url)) = (r["method"].as_str(), r["url"].as_str()) else {
+            continue;
+        };
+        let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+            continue;
+        };
+        let Ok(mut req) = tagway::inspect::Request::from_url(method, url) else {
+            continue;
+        };
+        for h in r["headers"].as_array().into_iter().flatten() {
+            let (Some(n), Some(v)) = (h["name"].as_str(), h["value"].as_str()) else {
+                continue;
+            };
+            if n.starts_with(':') {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                req.headers.append(n, v);
+            }
+        }
+        if let Some(t) = r["postData"]["text"].as_str() {
+            req.body = t.as_bytes().to_vec().into();
+        }
+        req.client_ip = client_ip;
+        out.push(req);
+    }
+    Ok(out)
+}
+
+fn run_tests(a: TestArgs) -> Result<ExitCode> {
+    let rules = load_rules(&a.rules)?;
+    let results = tagway::ruletest::run_all(&rules);
+    let failed: Vec<_> = results.iter().filter(|r| !r.failures.is_empty()).collect();
+    for r in &results {
+        if r.failures.is_empty() {
+            println!("ok    {}  ({})", r.name, r.at);
+        } else {
+            println!("FAIL  {}  ({})", r.name, r.at);
+            for f in &r.failures {
+                println!("        {f}");
+            }
+        }
+    }
+    println!(
+        "\n{} tests, {} passed, {} failed",
+        results.len(),
+        results.len() - failed.len(),
+        failed.len()
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn serve(a: ServeArgs, certs_explicit: bool) -> Result<ExitCode> {

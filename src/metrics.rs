@@ -13,6 +13,10 @@ pub struct Metrics {
     pub relayed: [AtomicU64; 6],
     /// Requests the gateway answered itself, by [`Reject::KINDS`].
     pub rejected: [AtomicU64; Reject::KINDS.len()],
+    /// Requests not forwarded because a `drop_request` rule said so.
+    pub dropped_by_rule: AtomicU64,
+    /// Requests not forwarded because their body could not be decoded (policy `drop`).
+    pub dropped_undecodable: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub connections_open: AtomicI64,
     pub tls_handshake_failures: AtomicU64,
@@ -68,7 +72,17 @@ impl Metrics {
         for (k, c) in Reject::KINDS.iter().zip(&self.rejected) {
             let _ = writeln!(o, "tagway_rejected_total{{reason=\"{k}\"}} {}", g(c));
         }
-        let simple: [(&str, &str, &AtomicU64); 9] = [
+        let simple: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "tagway_dropped_by_rule_total",
+                "Requests answered in the vendor's place by a drop_request rule.",
+                &self.dropped_by_rule,
+            ),
+            (
+                "tagway_dropped_undecodable_total",
+                "Requests with an undecodable body answered in the vendor's place (on_undecodable = drop).",
+                &self.dropped_undecodable,
+            ),
             (
                 "tagway_connections_accepted_total",
                 "Client connections accepted.",

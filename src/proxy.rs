@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -18,12 +17,15 @@ use tokio::time::{Instant, Sleep};
 
 use crate::clientip;
 use crate::config::compile::has_dot_segment;
-use crate::deliver::{Outgoing, UpstreamClient};
+use crate::deliver::{Outgoing, Target, UpstreamClient};
 use crate::gateway::Gateway;
 use crate::headers;
 use crate::respond::{self, Reject, ResBody};
 use crate::route::Lookup;
+use crate::ruleset::OnUndecodable;
 use crate::ruleset::RuleSet;
+use crate::transform::{self, Processed};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug)]
@@ -129,14 +131,8 @@ async fn relay(
         Lookup::MethodNotAllowed(r) => return Err(Reject::MethodNotAllowed(r.allow.clone())),
         Lookup::NotFound => return Err(Reject::NotFound),
     };
-    // The common case, an upstream path equal to the request's: reuse the parsed target.
-    let path_and_query = match req.uri().path_and_query() {
-        Some(pq) if route.upstream_path == path[..rest_from] => pq.clone(),
-        _ => upstream_target(&route.upstream_path, &path[rest_from..], req.uri().query())?,
-    };
-
     let (parts, body) = req.into_parts();
-    let body = read_body(
+    let mut body = read_body(
         body,
         &parts.headers,
         route.max_body,
@@ -146,10 +142,49 @@ async fn relay(
     .await?;
     let client_ip =
         clientip::client_ip(conn.peer.ip(), &parts.headers, &gw.settings.trusted_proxies);
+    let path = parts.uri.path();
+    let rest = &path[rest_from..];
+    // The common case, an upstream path equal to the request's: reuse the parsed target.
+    let mut target = match parts.uri.path_and_query() {
+        Some(pq) if route.upstream_path == path[..rest_from] => Target::Parsed(pq.clone()),
+        _ => Target::Text(upstream_target(
+            &route.upstream_path,
+            rest,
+            parts.uri.query(),
+        )),
+    };
+    if !route.program.is_empty() {
+        let query = parts.uri.query().unwrap_or("");
+        match transform::process(rules, route, query, &parts.headers, &body, client_ip, None) {
+            Ok(Processed::Forward { query: q, body: b }) => {
+                if let Some(q) = q {
+                    let q = if q.is_empty() { None } else { Some(q.as_str()) };
+                    target = Target::Text(upstream_target(&route.upstream_path, rest, q));
+                }
+                if let Some(b) = b {
+                    body = b;
+                }
+            }
+            Ok(Processed::Dropped(label)) => {
+                gw.metrics.dropped_by_rule.fetch_add(1, Relaxed);
+                tracing::debug!(route = %route.name, rule = %label, "not forwarded (drop_request)");
+                return Ok(respond::answer(&route.answer, cors));
+            }
+            Err(e) => {
+                return match route.on_undecodable {
+                    OnUndecodable::Reject => Err(Reject::Undecodable(e.to_string())),
+                    OnUndecodable::Drop => {
+                        gw.metrics.dropped_undecodable.fetch_add(1, Relaxed);
+                        Ok(respond::answer(&route.answer, cors))
+                    }
+                };
+            }
+        }
+    }
     let out = Outgoing {
         method: parts.method,
         upstream: route.upstream,
-        path_and_query,
+        target,
         headers: headers::upstream_headers(&parts.headers, route, client_ip),
         body,
     };
@@ -228,8 +263,9 @@ fn is_port(p: &str) -> bool {
 }
 
 /// Upstream path and query: the route's path (plus the rest of a prefix match) and the
-/// request's query as it arrived.
-fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> Result<PathAndQuery, Reject> {
+/// query. Every piece is already a valid request target (the route's path is checked at load,
+/// the rest comes from the parsed request, queries from the parser or the encoder).
+fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> String {
     let mut s = String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     s.push_str(base);
     s.push_str(rest);
@@ -237,8 +273,7 @@ fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> Result<PathAn
         s.push('?');
         s.push_str(q);
     }
-    PathAndQuery::try_from(s)
-        .map_err(|_| Reject::BadRequest("the request target cannot be forwarded"))
+    s
 }
 
 /// Reads the whole request body within the route's limit and the body timeout. A declared

@@ -35,11 +35,13 @@ pub enum Reject {
     UpstreamFailed(String),
     UpstreamTooLarge(String),
     ShuttingDown,
+    /// The body could not be decoded by the route's codec (and its policy is to reject).
+    Undecodable(String),
 }
 
 impl Reject {
     /// Every kind, for metrics.
-    pub const KINDS: [&'static str; 15] = [
+    pub const KINDS: [&'static str; 16] = [
         "not_found",
         "method_not_allowed",
         "connect_refused",
@@ -55,6 +57,7 @@ impl Reject {
         "upstream_failed",
         "upstream_too_large",
         "shutting_down",
+        "undecodable",
     ];
 
     pub fn index(&self) -> usize {
@@ -74,6 +77,7 @@ impl Reject {
             Reject::UpstreamFailed(_) => 12,
             Reject::UpstreamTooLarge(_) => 13,
             Reject::ShuttingDown => 14,
+            Reject::Undecodable(_) => 15,
         }
     }
 
@@ -86,7 +90,9 @@ impl Reject {
             Reject::NotFound => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed(_) | Reject::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             Reject::HostNotServed | Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            Reject::BadRequest(_) | Reject::BodyRead => StatusCode::BAD_REQUEST,
+            Reject::BadRequest(_) | Reject::BodyRead | Reject::Undecodable(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Reject::OriginNotAllowed => StatusCode::FORBIDDEN,
             Reject::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -120,6 +126,9 @@ impl Reject {
             | Reject::UpstreamFailed(m)
             | Reject::UpstreamTooLarge(m) => m.clone(),
             Reject::ShuttingDown => "the gateway is shutting down; retry".into(),
+            Reject::Undecodable(why) => format!(
+                "the body could not be decoded ({why}); fix the sender, or set `codec` or `on_undecodable` on the route"
+            ),
         }
     }
 
@@ -145,6 +154,21 @@ impl Reject {
         }
         res
     }
+}
+
+/// The answer a route gives in the vendor's place when it does not forward.
+pub fn answer(a: &crate::ruleset::Answer, cors: Option<&HeaderValue>) -> Response<ResBody> {
+    let mut res = Response::new(ResBody::full(a.body.clone()));
+    *res.status_mut() = a.status;
+    let h = res.headers_mut();
+    if let Some(ct) = &a.content_type {
+        h.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(o) = cors {
+        crate::headers::add_cors(h, o);
+    }
+    res
 }
 
 /// A gateway-made answer with no body (e.g. a preflight's 204).

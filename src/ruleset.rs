@@ -8,7 +8,7 @@
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method};
 
-pub use crate::config::model::ForwardIp;
+pub use crate::config::model::{ForwardIp, OnUndecodable};
 use crate::route::RouteTable;
 
 /// One loaded generation of the rules.
@@ -21,6 +21,32 @@ pub struct RuleSet {
     pub source: String,
     /// How many rule files made this set.
     pub files: usize,
+    /// The site's key for keyed hashes (HMAC-SHA-256), prepared once.
+    pub key: crate::rules::action::HmacKey,
+    /// Where the key came from (for the start-up log; never the key).
+    pub key_source: String,
+    /// Consent cookie and bot list, for conditions.
+    pub inputs: crate::rules::cond::SiteInputs,
+    /// `[[test]]` cases: (`file:line`, spec).
+    pub tests: Vec<(String, crate::config::model::TestSpec)>,
+}
+
+/// What the gateway answers in the vendor's place (a dropped request).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: bytes::Bytes,
+}
+
+impl Default for Answer {
+    fn default() -> Self {
+        Answer {
+            status: http::StatusCode::NO_CONTENT,
+            content_type: None,
+            body: bytes::Bytes::new(),
+        }
+    }
 }
 
 /// `[site]`, compiled.
@@ -86,6 +112,11 @@ pub struct Route {
     pub set_cookie: bool,
     pub forward_headers: Vec<HeaderName>,
     pub max_body: u64,
+    /// Decode → rules → encode for this route's payloads.
+    pub program: crate::rules::Program,
+    /// The answer when the request is not forwarded.
+    pub answer: Answer,
+    pub on_undecodable: crate::config::model::OnUndecodable,
 }
 
 impl Route {

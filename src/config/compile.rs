@@ -10,7 +10,9 @@ use http::uri::{Scheme, Uri};
 use toml::Spanned;
 
 use super::diag::{ConfigError, Diagnostic, Source, suggest, with_suggestion};
-use super::model::{ForwardIp, RouteSpec, RuleFile, SiteSpec, UpstreamSpec};
+use super::model::{
+    AnswerSpec, ForwardIp, OnUndecodable, RouteSpec, RuleFile, SiteSpec, UpstreamSpec,
+};
 use super::{RuleText, UpstreamOverride};
 use crate::route::RouteTable;
 use crate::ruleset::{MethodSet, OriginMatcher, Route, RuleSet, Site, Upstream};
@@ -44,6 +46,7 @@ pub fn compile(
     texts: &[RuleText],
     overrides: &[UpstreamOverride],
     source: String,
+    secrets: bool,
 ) -> Result<RuleSet, ConfigError> {
     let mut diags = Vec::new();
     let mut parsed = Vec::new();
@@ -62,7 +65,7 @@ pub fn compile(
         upstream_index: HashMap::new(),
         upstreams: Vec::new(),
     };
-    let set = c.run(&parsed, overrides, source, texts.len());
+    let set = c.run(&parsed, overrides, source, texts.len(), secrets);
     if c.diags.is_empty() {
         Ok(set)
     } else {
@@ -72,7 +75,7 @@ pub fn compile(
     }
 }
 
-struct Compiler {
+pub(super) struct Compiler {
     diags: Vec<Diagnostic>,
     upstream_index: HashMap<String, usize>,
     upstreams: Vec<Upstream>,
@@ -86,7 +89,11 @@ fn src(t: &RuleText) -> Source<'_> {
 }
 
 impl Compiler {
-    fn err(&mut self, t: &RuleText, span: Range<usize>, msg: impl Into<String>) {
+    pub(super) fn diag_count(&self) -> usize {
+        self.diags.len()
+    }
+
+    pub(super) fn err(&mut self, t: &RuleText, span: Range<usize>, msg: impl Into<String>) {
         self.diags.push(src(t).at(Some(span), msg));
     }
 
@@ -96,11 +103,16 @@ impl Compiler {
         overrides: &[UpstreamOverride],
         source: String,
         n: usize,
+        secrets: bool,
     ) -> RuleSet {
         // Site: exactly one file may have it.
         let mut site = None;
+        let mut site_at: Option<(&RuleText, &SiteSpec)> = None::<(&RuleText, &SiteSpec)>;
         for (t, f) in files {
             if let Some(s) = &f.site {
+                if site_at.is_none() {
+                    site_at = Some((t, s.get_ref()));
+                }
                 if site.is_some() {
                     self.err(
                         t,
@@ -143,6 +155,26 @@ impl Compiler {
                 }
             }
         }
+        let site_rules = self.site_rules(site_at.map(|(t, _)| t), site_at.map(|(_, s)| s), secrets);
+        // Shared rule sets, from every file, before the routes that use them.
+        let mut sets: std::collections::BTreeMap<String, Vec<crate::rules::Rule>> =
+            Default::default();
+        for (t, f) in files {
+            for (name, specs) in &f.rulesets {
+                if sets.contains_key(name) {
+                    if let Some(first) = specs.first() {
+                        self.err(
+                            t,
+                            first.span(),
+                            format!("rule set {name:?} is defined twice"),
+                        );
+                    }
+                    continue;
+                }
+                let rules = self.ruleset(t, specs);
+                sets.insert(name.clone(), rules);
+            }
+        }
         // Routes.
         let mut table = RouteTable::default();
         let mut names: HashMap<String, ()> = HashMap::new();
@@ -158,19 +190,30 @@ impl Compiler {
                     );
                     continue;
                 }
-                if let Some((route, exact, prefixes)) = self.route(t, r.get_ref()) {
+                if let Some((route, exact, prefixes)) = self.route(t, r.get_ref(), &sets) {
                     placed.push((table.routes().len(), t, r.span()));
                     table.push(route, exact, prefixes);
                 }
             }
         }
         self.check_ambiguity(&table, &placed);
+        let mut tests = Vec::new();
+        for (t, f) in files {
+            for spec in &f.tests {
+                let (line, _) = super::diag::line_col(&t.text, spec.span().start);
+                tests.push((format!("{}:{line}", t.name), spec.get_ref().clone()));
+            }
+        }
         RuleSet {
             site: site.unwrap_or_default(),
             upstreams: std::mem::take(&mut self.upstreams),
             routes: table,
             source,
             files: n,
+            key: site_rules.key,
+            key_source: site_rules.key_source,
+            inputs: site_rules.inputs,
+            tests,
         }
     }
 
@@ -221,7 +264,12 @@ impl Compiler {
         }
     }
 
-    fn route(&mut self, t: &RuleText, r: &RouteSpec) -> Option<(Route, Vec<String>, Vec<String>)> {
+    fn route(
+        &mut self,
+        t: &RuleText,
+        r: &RouteSpec,
+        sets: &std::collections::BTreeMap<String, Vec<crate::rules::Rule>>,
+    ) -> Option<(Route, Vec<String>, Vec<String>)> {
         let before = self.diags.len();
         let name = r.name.get_ref().clone();
         if !valid_name(&name) {
@@ -374,6 +422,8 @@ impl Compiler {
                 }
             },
         };
+        let program = self.program(t, r, sets);
+        let answer = r.answer.as_ref().and_then(|a| self.answer(t, a));
         if self.diags.len() > before {
             return None;
         }
@@ -397,6 +447,12 @@ impl Compiler {
             set_cookie: r.set_cookie,
             forward_headers,
             max_body,
+            program,
+            answer: answer.unwrap_or_default(),
+            on_undecodable: r
+                .on_undecodable
+                .as_ref()
+                .map_or(OnUndecodable::Reject, |o| *o.get_ref()),
         };
         Some((route, exact, prefixes))
     }
@@ -440,6 +496,54 @@ impl Compiler {
                 self.err(t, span.clone(), msg);
             }
         }
+    }
+}
+
+impl Compiler {
+    fn answer(&mut self, t: &RuleText, a: &Spanned<AnswerSpec>) -> Option<crate::ruleset::Answer> {
+        let spec = a.get_ref();
+        let Ok(status) = http::StatusCode::from_u16(spec.status) else {
+            self.err(
+                t,
+                a.span(),
+                format!("answer: {} is not an HTTP status", spec.status),
+            );
+            return None;
+        };
+        let body = match (&spec.body, &spec.body_base64) {
+            (Some(_), Some(_)) => {
+                self.err(t, a.span(), "answer: set body or body_base64, not both");
+                return None;
+            }
+            (Some(b), None) => bytes::Bytes::from(b.clone()),
+            (None, Some(b)) => match crate::decode::wrap::base64_decode(b) {
+                Some((bytes, _)) => bytes::Bytes::from(bytes),
+                None => {
+                    self.err(t, a.span(), "answer: body_base64 is not valid base64");
+                    return None;
+                }
+            },
+            (None, None) => bytes::Bytes::new(),
+        };
+        let content_type = match &spec.content_type {
+            Some(c) => match http::HeaderValue::from_str(c) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.err(
+                        t,
+                        a.span(),
+                        format!("answer: content_type {c:?} is not a valid header value"),
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(crate::ruleset::Answer {
+            status,
+            content_type,
+            body,
+        })
     }
 }
 

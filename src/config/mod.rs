@@ -9,6 +9,9 @@ pub mod compile;
 pub mod diag;
 pub mod load;
 pub mod model;
+mod rules;
+
+pub use rules::template;
 
 pub use diag::{ConfigError, Diagnostic};
 pub use load::{RuleText, RulesSource};
@@ -37,8 +40,18 @@ impl std::str::FromStr for UpstreamOverride {
     }
 }
 
-/// Reads and compiles a rule set.
+/// Reads and compiles a rule set. Secrets (the hashing key) must be available.
 pub fn load(source: &RulesSource, overrides: &[UpstreamOverride]) -> Result<RuleSet, ConfigError> {
     let texts = source.read()?;
-    compile::compile(&texts, overrides, source.describe())
+    compile::compile(&texts, overrides, source.describe(), true)
+}
+
+/// Like [`load`], but a missing secret is not an error (a random key stands in): what
+/// `tagway check`, `explain` and `test` use, so rules can be checked in CI without secrets.
+pub fn load_without_secrets(
+    source: &RulesSource,
+    overrides: &[UpstreamOverride],
+) -> Result<RuleSet, ConfigError> {
+    let texts = source.read()?;
+    compile::compile(&texts, overrides, source.describe(), false)
 }

@@ -369,7 +369,11 @@ async fn send_h2(
     let uri = Uri::builder()
         .scheme(up.scheme.clone())
         .authority(up.authority.clone())
-        .path_and_query(out.path_and_query)
+        .path_and_query(
+            out.target
+                .into_path_and_query()
+                .map_err(|_| Reject::BadRequest("the request target cannot be forwarded"))?,
+        )
         .build()
         .map_err(|_| Reject::BadRequest("the request target cannot be forwarded"))?;
     let mut req = Request::new(Full::new(out.body));

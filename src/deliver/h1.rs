@@ -116,7 +116,7 @@ pub async fn exchange(
     max_body: u64,
     deadline: Instant,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
-    let mut req = Vec::with_capacity(256 + out.path_and_query.as_str().len() + out.body.len());
+    let mut req = Vec::with_capacity(256 + out.target.as_str().len() + out.body.len());
     encode(out, authority, &mut req);
     conn.timer.as_mut().reset(deadline);
     bounded(&mut conn.timer, conn.io.write_all(&req))
@@ -225,7 +225,7 @@ fn stale_or(e: std::io::Error) -> ExchangeError {
 fn encode(out: &Outgoing, authority: &str, buf: &mut Vec<u8>) {
     buf.extend_from_slice(out.method.as_str().as_bytes());
     buf.push(b' ');
-    buf.extend_from_slice(out.path_and_query.as_str().as_bytes());
+    buf.extend_from_slice(out.target.as_str().as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     buf.extend_from_slice(authority.as_bytes());
     buf.extend_from_slice(b"\r\n");
@@ -603,7 +603,7 @@ mod tests {
         let out = Outgoing {
             method: Method::POST,
             upstream: 0,
-            path_and_query: "/g/collect?v=2".parse().unwrap(),
+            target: crate::deliver::Target::Text("/g/collect?v=2".into()),
             headers: vec![(
                 HeaderName::from_static("user-agent"),
                 HeaderValue::from_static("UA"),

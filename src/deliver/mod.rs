@@ -14,6 +14,32 @@ use http::uri::PathAndQuery;
 pub use client::{ClientSettings, UpstreamClient};
 pub use h1::UpstreamBody;
 
+/// The request target at the upstream (path and query, origin-form).
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The request's own, already parsed (no rule changed it).
+    Parsed(PathAndQuery),
+    /// Built by the gateway from validated pieces.
+    Text(String),
+}
+
+impl Target {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Target::Parsed(p) => p.as_str(),
+            Target::Text(t) => t,
+        }
+    }
+
+    /// As a `PathAndQuery` (HTTP/2 needs one; HTTP/1.1 writes the text as is).
+    pub fn into_path_and_query(self) -> Result<PathAndQuery, http::uri::InvalidUri> {
+        match self {
+            Target::Parsed(p) => Ok(p),
+            Target::Text(t) => PathAndQuery::try_from(t),
+        }
+    }
+}
+
 /// Request headers in order. Outgoing headers are only ever written out in order, so a plain
 /// list saves building a hash map per request.
 pub type HeaderList = Vec<(http::HeaderName, http::HeaderValue)>;
@@ -25,7 +51,7 @@ pub struct Outgoing {
     /// Index into the rule set's upstreams.
     pub upstream: usize,
     /// Path and query at the upstream, starting with `/`.
-    pub path_and_query: PathAndQuery,
+    pub target: Target,
     /// Headers after the header policy; no `Host`, `Content-Length` or hop-by-hop headers.
     pub headers: HeaderList,
     pub body: Bytes,

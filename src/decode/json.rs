@@ -1,0 +1,693 @@
+//! JSON codec over the decoded payload model ([`super::value`]).
+//!
+//! Rules rewrite a few fields of JSON beacons (PostHog, Segment, Amplitude, …) and the gateway
+//! must forward everything else byte-identical, in its original order. serde_json cannot do
+//! that (it re-escapes strings and keeps no source text), and re-parsing `RawValue` level by
+//! level is too slow for the budget (a ~2 KB PostHog batch decoded and encoded in well under
+//! 5 µs). So [`parse`] reads a document once, strictly (RFC 8259), recording on every node the
+//! exact text it came from, and [`encode_into`] writes that text back for every node whose
+//! `raw` is still set, encoding afresh only what a rule changed (and the containers above it).
+//!
+//! This module owns JSON syntax: the grammar, the depth limit, escaping and unescaping. What
+//! fields mean belongs to the rules; documents nested inside strings to the caller's `nested`.
+
+use std::borrow::Cow;
+
+use super::value::{Arr, Entry, Obj, Str, Value};
+
+/// The deepest nesting of objects and arrays [`parse`] accepts (serde_json stops at 127).
+pub const MAX_DEPTH: usize = 128;
+
+/// Why a document is not JSON, and the byte offset where that became clear.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid JSON at byte {offset}: {msg}")]
+pub struct JsonError {
+    pub offset: usize,
+    pub msg: &'static str,
+}
+
+/// Strict RFC 8259 parse of a complete document: whitespace may surround the value, nothing
+/// else may follow it. Top-level scalars are allowed; nesting deeper than [`MAX_DEPTH`] is an
+/// error. Duplicate keys are kept, in order. Every node borrows its exact source text (`raw`,
+/// `raw_key`, `Lit`); strings and keys borrow their decoded text too unless they hold escapes.
+pub fn parse(text: &str) -> Result<Value<'_>, JsonError> {
+    let (src, items, entries) = (text, Vec::with_capacity(16), Vec::with_capacity(32));
+    let mut p = Parser {
+        src,
+        i: 0,
+        items,
+        entries,
+    };
+    let v = p.value(0)?;
+    p.ws();
+    if p.i != text.len() {
+        return Err(err(p.i, "unexpected text after the value"));
+    }
+    Ok(v)
+}
+
+/// Encodes `v` onto `out`. A node whose `raw` is set is written as that text; a changed string
+/// as `nested(s)` when that returns a document, else as its text, escaped; a changed container
+/// from its parts (`raw_key` when set, no whitespace added), so its untouched children still
+/// go out byte-identical. A `Lit` is written as its text. `raw` and `raw_key` are taken to be
+/// JSON: a node moved in from another codec (a query-string value) must have them cleared.
+pub fn encode_into(v: &Value<'_>, out: &mut String, nested: &dyn Fn(&Str<'_>) -> Option<String>) {
+    // Most children are untouched: write those here rather than through a call each.
+    let part = |v: &Value<'_>, out: &mut String| match raw(v) {
+        Some(raw) => out.push_str(raw),
+        None => encode_into(v, out, nested),
+    };
+    if let Some(raw) = raw(v) {
+        return out.push_str(raw);
+    }
+    match v {
+        Value::Str(s) => escape_into(out, nested(s).as_deref().unwrap_or(&s.text)),
+        Value::Obj(o) => {
+            out.push('{');
+            for (n, e) in o.entries.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                match e.raw_key {
+                    Some(k) => out.push_str(k),
+                    None => escape_into(out, &e.key),
+                }
+                out.push(':');
+                part(&e.value, out);
+            }
+            out.push('}');
+        }
+        Value::Arr(a) => {
+            out.push('[');
+            for (n, item) in a.items.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                part(item, out);
+            }
+            out.push(']');
+        }
+        Value::Lit(_) => {} // always has its text, written above
+    }
+}
+
+/// [`encode_into`] a new string, with no nested documents.
+pub fn to_string(v: &Value<'_>) -> String {
+    let mut out = String::with_capacity(size_hint(v));
+    encode_into(v, &mut out, &|_| None);
+    out
+}
+
+/// Appends `s` as a JSON string literal, quotes included. Only `"`, `\` and control characters
+/// below 0x20 are escaped (`\n` `\r` `\t` `\b` `\f`, others `\u00XX`); the rest, non-ASCII
+/// included, is written as UTF-8.
+pub fn escape_into(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let (mut chunk, mut i) = (0, 0);
+    loop {
+        i = scan(b, i);
+        out.push_str(&s[chunk..i]);
+        let Some(&c) = b.get(i) else { break };
+        match c {
+            b'"' | b'\\' => out.extend(['\\', char::from(c)]),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
+                out.push_str("\\u00");
+                out.extend([HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]].map(char::from));
+            }
+        }
+        (i, chunk) = (i + 1, i + 1);
+    }
+    out.push('"');
+}
+
+/// The exact source text of `v`, unless it changed.
+fn raw<'v>(v: &'v Value<'_>) -> Option<&'v str> {
+    match v {
+        Value::Lit(l) => Some(l),
+        Value::Str(Str { raw, .. }) | Value::Obj(Obj { raw, .. }) | Value::Arr(Arr { raw, .. }) => {
+            *raw
+        }
+    }
+}
+
+/// A guess at the encoded length: exact for an untouched node, else 64 bytes per part (the
+/// buffer grows if that is short; walking the tree for a better guess costs more).
+fn size_hint(v: &Value<'_>) -> usize {
+    raw(v).map_or_else(
+        || match v {
+            Value::Str(s) => s.text.len() + 8,
+            Value::Obj(o) => 64 * o.entries.len() + 2,
+            Value::Arr(a) => 64 * a.items.len() + 2,
+            Value::Lit(l) => l.len(),
+        },
+        str::len,
+    )
+}
+
+fn err(offset: usize, msg: &'static str) -> JsonError {
+    JsonError { offset, msg }
+}
+
+/// The index of the first `"`, `\` or control character in `b` from `i` (or `b.len()`).
+/// Eight bytes at a time: the classic "has zero byte" / "has byte less than" bit tricks only
+/// give false positives above a true match, so the lowest flagged byte is the first match.
+#[inline]
+fn scan(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    while let Some(&chunk) = b.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
+        let x = u64::from_le_bytes(chunk);
+        let (q, s) = (x ^ (ONES * 0x22), x ^ (ONES * 0x5c));
+        let hit = (q.wrapping_sub(ONES) & !q)
+            | (s.wrapping_sub(ONES) & !s)
+            | (x.wrapping_sub(ONES * 0x20) & !x);
+        match hit & (ONES * 0x80) {
+            0 => i += 8,
+            hit => return i + (hit.trailing_zeros() / 8) as usize,
+        }
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// The index after a run of ASCII digits starting at `i`.
+fn digits(b: &[u8], i: usize) -> usize {
+    i + b[i.min(b.len())..]
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .count()
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    i: usize,
+    /// Children of the arrays and objects still open, moved into an exactly sized `Vec` (one
+    /// allocation, one copy) when each one closes.
+    items: Vec<Value<'a>>,
+    entries: Vec<Entry<'a>>,
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// A value after optional whitespace; `depth` is the number of containers around it.
+    fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        self.ws();
+        match self.peek() {
+            Some(b'"') => self
+                .string()
+                .map(|(text, raw)| Value::Str(Str::decoded(text, raw))),
+            Some(b'{') if depth < MAX_DEPTH => self.object(depth + 1),
+            Some(b'[') if depth < MAX_DEPTH => self.array(depth + 1),
+            Some(b'{' | b'[') => Err(err(self.i, "nesting too deep")),
+            Some(b't') => self.word("true"),
+            Some(b'f') => self.word("false"),
+            Some(b'n') => self.word("null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(err(self.i, "expected a value")),
+            None => Err(err(self.i, "unexpected end of input")),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        let (start, base) = (self.i, self.entries.len());
+        self.i += 1;
+        self.ws();
+        if self.peek() != Some(b'}') {
+            loop {
+                if self.peek() != Some(b'"') {
+                    return Err(err(self.i, "expected a string key"));
+                }
+                let (key, raw_key) = self.string()?;
+                self.ws();
+                if self.peek() != Some(b':') {
+                    return Err(err(self.i, "expected `:`"));
+                }
+                self.i += 1;
+                let value = self.value(depth)?;
+                let raw_key = Some(raw_key);
+                self.entries.push(Entry {
+                    key,
+                    raw_key,
+                    value,
+                    bare: false,
+                });
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => break,
+                    _ => return Err(err(self.i, "expected `,` or `}`")),
+                }
+                self.ws();
+            }
+        }
+        self.i += 1;
+        let (entries, raw) = (self.entries.split_off(base), Some(&self.src[start..self.i]));
+        Ok(Value::Obj(Obj { entries, raw }))
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        let (start, base) = (self.i, self.items.len());
+        self.i += 1;
+        self.ws();
+        if self.peek() != Some(b']') {
+            loop {
+                let item = self.value(depth)?;
+                self.items.push(item);
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b']') => break,
+                    _ => return Err(err(self.i, "expected `,` or `]`")),
+                }
+            }
+        }
+        self.i += 1;
+        let (items, raw) = (self.items.split_off(base), Some(&self.src[start..self.i]));
+        Ok(Value::Arr(Arr { items, raw }))
+    }
+
+    fn word(&mut self, w: &'static str) -> Result<Value<'a>, JsonError> {
+        let start = self.i;
+        if !self.src.as_bytes()[start..].starts_with(w.as_bytes()) {
+            return Err(err(start, "invalid literal"));
+        }
+        self.i += w.len();
+        Ok(Value::Lit(Cow::Borrowed(&self.src[start..self.i])))
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, kept as its text.
+    fn number(&mut self) -> Result<Value<'a>, JsonError> {
+        let (b, start) = (self.src.as_bytes(), self.i);
+        let mut i = start + usize::from(b[start] == b'-');
+        i = match b.get(i) {
+            Some(b'0') => i + 1,
+            Some(b'1'..=b'9') => digits(b, i + 1),
+            _ => return Err(err(i, "expected a digit")),
+        };
+        if b.get(i) == Some(&b'.') {
+            i = match digits(b, i + 1) {
+                end if end == i + 1 => return Err(err(end, "expected a digit after `.`")),
+                end => end,
+            };
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1 + usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
+            i = match digits(b, i) {
+                end if end == i => return Err(err(end, "expected a digit in the exponent")),
+                end => end,
+            };
+        }
+        self.i = i;
+        Ok(Value::Lit(Cow::Borrowed(&self.src[start..i])))
+    }
+
+    /// A string literal at `self.i` (on its `"`): its decoded text and its exact text.
+    #[inline(always)]
+    fn string(&mut self) -> Result<(Cow<'a, str>, &'a str), JsonError> {
+        let start = self.i;
+        let i = scan(self.src.as_bytes(), start + 1);
+        if self.src.as_bytes().get(i) != Some(&b'"') {
+            return self.escaped(start, i);
+        }
+        self.i = i + 1;
+        Ok((Cow::Borrowed(&self.src[start + 1..i]), &self.src[start..=i]))
+    }
+
+    /// The rest of [`Self::string`] from `i`, its first `\`, control character or end.
+    #[cold]
+    fn escaped(
+        &mut self,
+        start: usize,
+        mut i: usize,
+    ) -> Result<(Cow<'a, str>, &'a str), JsonError> {
+        let (src, b) = (self.src, self.src.as_bytes());
+        let mut out = String::with_capacity(i - start + 16);
+        let mut chunk = start + 1;
+        loop {
+            out.push_str(&src[chunk..i]);
+            match b.get(i) {
+                Some(b'"') => break,
+                Some(b'\\') => chunk = self.escape(i, &mut out)?,
+                Some(_) => return Err(err(i, "control character in string")),
+                None => return Err(err(i, "unterminated string")),
+            }
+            i = scan(b, chunk);
+        }
+        self.i = i + 1;
+        Ok((Cow::Owned(out), &src[start..self.i]))
+    }
+
+    /// Decodes the escape at `i` (on its `\`) onto `out`; returns the index after it.
+    fn escape(&self, i: usize, out: &mut String) -> Result<usize, JsonError> {
+        let b = self.src.as_bytes();
+        let c = match b.get(i + 1) {
+            Some(b'"') => '"',
+            Some(b'\\') => '\\',
+            Some(b'/') => '/',
+            Some(b'b') => '\u{8}',
+            Some(b'f') => '\u{c}',
+            Some(b'n') => '\n',
+            Some(b'r') => '\r',
+            Some(b't') => '\t',
+            Some(b'u') => {
+                let lone = err(i, "lone surrogate in \\u escape");
+                let (code, next) = match self.hex4(i + 2)? {
+                    hi @ 0xD800..=0xDBFF if b.get(i + 6..i + 8) == Some(b"\\u") => {
+                        match self.hex4(i + 8)? {
+                            lo @ 0xDC00..=0xDFFF => {
+                                (0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00), i + 12)
+                            }
+                            _ => return Err(lone),
+                        }
+                    }
+                    0xD800..=0xDFFF => return Err(lone),
+                    code => (code, i + 6),
+                };
+                // Always a scalar value here: surrogates were paired or refused above.
+                out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+                return Ok(next);
+            }
+            _ => return Err(err(i, "invalid escape")),
+        };
+        out.push(c);
+        Ok(i + 2)
+    }
+
+    fn hex4(&self, i: usize) -> Result<u32, JsonError> {
+        let (b, mut code) = (self.src.as_bytes(), 0);
+        for k in i..i + 4 {
+            let d = b.get(k).and_then(|&c| char::from(c).to_digit(16));
+            code = (code << 4) | d.ok_or(err(k, "expected 4 hex digits after \\u"))?;
+        }
+        Ok(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A posthog-js `/e/` batch of `n` events (about 670 bytes each).
+    fn posthog_batch(n: usize) -> String {
+        let event = |i: usize| {
+            format!(
+                r#"{{"uuid":"01900000-0000-7000-8000-00000000000{i}","event":"$pageview","properties":{{"token":"phc_FAKE","distinct_id":"0190aa","$device_id":"0190aa","$session_id":"0190bb","$window_id":"0190cc","$current_url":"https://shop.example.com/reset?email=jane.doe%40example.com&token=abc{i}","$host":"shop.example.com","$pathname":"/reset","$referrer":"https://mail.example.net/","$browser":"Chrome","$browser_version":121.5,"$device_type":"Desktop","$os":"Mac OS X","$lib":"web","$lib_version":"1.200.0","$screen_width":1920,"$el_text":"Caf\u00e9 \"deals\" \ud83d\ude00 a\/b","$is_identified":false,"$groups":null,"$set":{{"plan":"pro"}}}},"offset":412,"timestamp":"2024-02-12T16:36:40.000Z"}}"#
+            )
+        };
+        format!("[{}]", (0..n).map(event).collect::<Vec<_>>().join(",\n "))
+    }
+
+    /// Clears every `raw` and `raw_key`, so that the whole tree is encoded from its parts.
+    fn forget(v: &mut Value<'_>) {
+        v.touch();
+        match v {
+            Value::Obj(o) => o.entries.iter_mut().for_each(|e| {
+                e.raw_key = None;
+                forget(&mut e.value);
+            }),
+            Value::Arr(a) => a.items.iter_mut().for_each(forget),
+            Value::Str(_) | Value::Lit(_) => {}
+        }
+    }
+
+    fn serde(text: &str) -> Option<serde_json::Value> {
+        serde_json::from_str(text).ok()
+    }
+
+    const DOCS: &[&str] = &[
+        " \t\n{ \"a\" : [ 1 , 2.5 , -0 , 1e10 , 1.5E-3 , 0e+0 , true , false , null ] , \"b\" : { } , \"c\" : [ ] }\r\n ",
+        r#"{"esc":"line\nbreak \u00e9 \ud83d\ude00 \/ \" \\ \b\f\r\t","k\u00e9y":"é😀","dup":1,"dup":2}"#,
+        r#"[[[]],[{"a":[{"b":[-12.0e-5]}]}],"",{"":""}]"#,
+        r#""top-level string""#,
+        "  -0.0  ",
+        "null",
+    ];
+
+    #[test]
+    fn untouched_documents_round_trip_byte_identical() {
+        for doc in DOCS.iter().map(|d| d.to_string()).chain([posthog_batch(3)]) {
+            let v = parse(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert_eq!(to_string(&v), doc.trim(), "{doc}");
+            let mut fresh = v.clone();
+            forget(&mut fresh);
+            assert_eq!(serde(&to_string(&fresh)), serde(&doc), "{doc}");
+        }
+    }
+
+    #[test]
+    fn decoded_text_borrows_unless_escaped() {
+        let Ok(Value::Obj(o)) = parse(DOCS[1]) else {
+            panic!()
+        };
+        let e = &o.entries[0];
+        assert!(matches!(e.key, Cow::Borrowed("esc")) && e.raw_key == Some("\"esc\"") && !e.bare);
+        assert_eq!(o.entries[1].key, Cow::<str>::Owned("kéy".into()));
+        let Value::Str(s) = &e.value else { panic!() };
+        assert!(matches!(s.text, Cow::Owned(_)) && s.nested.is_none() && !s.trusted);
+        assert_eq!(s.text, "line\nbreak é 😀 / \" \\ \u{8}\u{c}\r\t");
+        assert_eq!(o.entries[2].value, Value::Lit(Cow::Borrowed("1")));
+        assert_eq!(
+            (&o.entries[3].key, &o.entries[3].value),
+            (&o.entries[2].key, &Value::Lit("2".into()))
+        );
+    }
+
+    #[test]
+    fn a_change_reencodes_only_its_path() {
+        let spaced = r#"{ "a" : { "b" : "x", "c": [1, 2.50] }, "\u0064": "\u0079" }"#;
+        for (src, want) in [
+            (
+                r#"{"a":{"b":"x","c":[1,2]},"d":"y"}"#,
+                r#"{"a":{"b":"NEW","c":[1,2]},"d":"y"}"#,
+            ),
+            (
+                spaced,
+                r#"{"a":{"b":"NEW","c":[1, 2.50]},"\u0064":"\u0079"}"#,
+            ),
+        ] {
+            let mut v = parse(src).unwrap();
+            let Value::Obj(root) = &mut v else { panic!() };
+            let Some(Value::Obj(a)) = root.get_mut("a") else {
+                panic!()
+            };
+            let Some(Value::Str(b)) = a.get_mut("b") else {
+                panic!()
+            };
+            b.set("NEW");
+            root.get_mut("a").unwrap().touch();
+            assert!(root.raw.is_some() && !root.entries[1].value.is_changed());
+            v.touch();
+            assert_eq!(to_string(&v), want);
+        }
+    }
+
+    #[test]
+    fn changed_strings_are_escaped_and_may_carry_a_nested_document() {
+        let mut v = parse(r#"["a","b"]"#).unwrap();
+        let Value::Arr(arr) = &mut v else { panic!() };
+        arr.items[1] = Value::str("\"q\"\\\n\u{1}\u{7f}é");
+        arr.items.push(Value::str("inner"));
+        v.touch();
+        let nested = |s: &Str<'_>| (s.text == "inner").then(|| r#"{"x":1}"#.to_string());
+        let mut out = String::new();
+        encode_into(&v, &mut out, &nested);
+        assert_eq!(
+            out,
+            concat!(r#"["a","\"q\"\\\n\u0001"#, "\u{7f}", r#"é","{\"x\":1}"]"#)
+        );
+    }
+
+    #[test]
+    fn rejects_what_rfc_8259_rejects() {
+        let bad = r#"01 -01 +1 .5 1. 1e 1e+ - --1 0x1 1.e5 NaN Infinity [1,] {"a":1,} [,1] {,} //c /**/1 {"a"1} {a:1} {'a':1} 'a' tru nulll True "\x" "\u12" "\ud800" "\udc00" "\ud83d\u0041" "open [1 {"a":1 []] {}x"#;
+        let spaced = [
+            "",
+            " ",
+            "[1 2]",
+            "1 2",
+            "\"\u{1}\"",
+            "\"a\tb\"",
+            "\u{feff}1",
+            "\u{c}1",
+            "[1,\n]",
+        ];
+        for doc in bad.split(' ').chain(spaced) {
+            assert!(parse(doc).is_err() && serde(doc).is_none(), "{doc:?}");
+        }
+        assert_eq!(parse("[1,\n]").unwrap_err(), err(4, "expected a value"));
+        let e = parse(r#"{"a":"\q"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "invalid JSON at byte 6: invalid escape");
+    }
+
+    #[test]
+    fn nesting_deeper_than_128_is_an_error() {
+        let nest = |open: &str, close: &str, n| format!("{}1{}", open.repeat(n), close.repeat(n));
+        assert!(parse(&nest("[", "]", MAX_DEPTH)).is_ok());
+        assert!(parse(&nest(r#"{"a":"#, "}", MAX_DEPTH)).is_ok());
+        let deep = nest("[", "]", MAX_DEPTH + 1);
+        assert_eq!(parse(&deep).unwrap_err(), err(128, "nesting too deep"));
+        let deep = nest(r#"{"a":"#, "}", MAX_DEPTH + 1);
+        assert_eq!(parse(&deep).unwrap_err(), err(5 * 128, "nesting too deep"));
+        assert!(parse(&"[".repeat(1_000_000)).is_err(), "no stack overflow");
+    }
+
+    /// Our verdict must match serde_json's, except where serde_json is stricter than RFC 8259:
+    /// it refuses numbers that overflow an f64 (`1e400`) and nesting deeper than 127 (never
+    /// generated here). Both refuse lone surrogates.
+    fn agrees_with_serde_json(text: &str) -> Result<(), TestCaseError> {
+        let ours = parse(text);
+        match (&ours, serde_json::from_str::<serde_json::Value>(text)) {
+            (Ok(v), Ok(theirs)) => {
+                prop_assert_eq!(to_string(v), text.trim_matches([' ', '\t', '\n', '\r']));
+                let mut fresh = v.clone();
+                forget(&mut fresh);
+                prop_assert_eq!(serde(&to_string(&fresh)), Some(theirs));
+            }
+            (Err(_), Err(_)) => {}
+            (Ok(_), Err(e)) if e.to_string().starts_with("number out of range") => {}
+            (_, theirs) => prop_assert!(false, "{text:?}: ours {ours:?}, serde_json {theirs:?}"),
+        }
+        Ok(())
+    }
+
+    /// JSON-ish text: documents built from mostly valid tokens, a few malformed ones.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let string = r#""([a-z é😀/]|\\["\\/bfnrt]|\\u[0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|\\u[dD][89abAB][0-9a-f]{2}\\u[dD][c-fC-F][0-9a-f]{2}){0,8}""#;
+        let number = r"-?(0|[1-9][0-9]{0,3})(\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?";
+        let junk = r#"[-+0-9.eE]{1,4}|nul|NaN|[\x00-\x1f]|"\\[x']"|"\\u[dD][89a-fA-F][0-9a-f]{2}""#;
+        let leaf = prop_oneof![10 => string, 10 => number, 5 => "true|false|null", 1 => junk];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            let trailing = || prop::bool::weighted(0.05);
+            prop_oneof![
+                (prop::collection::vec(pad(inner.clone()), 0..6), trailing())
+                    .prop_map(|(v, t)| format!("[{}]", list(v, t))),
+                (
+                    prop::collection::vec((pad(string), pad(inner)), 0..6),
+                    trailing()
+                )
+                    .prop_map(|(v, t)| format!(
+                        "{{{}}}",
+                        list(v.into_iter().map(|(k, x)| k + ":" + &x).collect(), t)
+                    )),
+            ]
+        })
+    }
+
+    /// `s` with a little whitespace around it.
+    fn pad(s: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+        ("[ \t\n\r]{0,2}", s, "[ \t\n\r]{0,2}").prop_map(|(a, x, b)| a + &x + &b)
+    }
+
+    /// Members joined by commas, with a (wrong) trailing one when `trailing` and non-empty.
+    fn list(members: Vec<String>, trailing: bool) -> String {
+        let comma = if trailing && !members.is_empty() {
+            ","
+        } else {
+            ""
+        };
+        members.join(",") + comma
+    }
+
+    proptest! {
+        #[test]
+        fn accepts_what_serde_json_accepts(s in any::<String>()) {
+            agrees_with_serde_json(&s)?;
+        }
+
+        #[test]
+        fn accepts_what_serde_json_accepts_in_a_json_alphabet(s in r#"[\[\]{}:,"\\ \n0-9.eE+\-tfrunlsa\x01]{0,24}"#) {
+            agrees_with_serde_json(&s)?;
+        }
+
+        #[test]
+        fn accepts_what_serde_json_accepts_in_mutated_documents(
+            doc in jsonish(), at in any::<prop::sample::Index>(), op in 0..6u8, c in r#"[\[\]{}:,"\\ 0-9a-z\x00]"#,
+        ) {
+            let mut chars: Vec<char> = doc.chars().collect();
+            let (i, c) = (at.index(chars.len() + 1), c.chars().next().unwrap_or(' '));
+            match op {
+                1 if i < chars.len() => drop(chars.remove(i)),
+                2 => chars.insert(i, c),
+                3 if i < chars.len() => chars[i] = c,
+                _ => {}
+            }
+            agrees_with_serde_json(&chars.into_iter().collect::<String>())?;
+        }
+
+        #[test]
+        fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64), s in any::<String>()) {
+            for text in [String::from_utf8_lossy(&bytes).into_owned(), s] {
+                if let Ok(v) = parse(&text) {
+                    to_string(&v);
+                }
+            }
+        }
+
+        #[test]
+        fn scan_finds_the_first_byte_to_escape(
+            b in prop::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), 0x1fu8..0x21, 0x7fu8..0x81, any::<u8>()], 0..40),
+            from in 0..40usize,
+        ) {
+            let from = from.min(b.len());
+            let naive = b[from..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            prop_assert_eq!(scan(&b, from), naive.map_or(b.len(), |p| from + p));
+        }
+    }
+
+    /// `cargo test --release -- --ignored --nocapture timing`
+    #[test]
+    #[ignore]
+    fn timing_2kb_posthog_batch() {
+        let (batch, n) = (posthog_batch(3), 100_000u32);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(to_string(&parse(std::hint::black_box(&batch)).unwrap()));
+        }
+        let untouched = start.elapsed() / n;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let mut v = parse(std::hint::black_box(&batch)).unwrap();
+            let Value::Arr(events) = &mut v else { panic!() };
+            for e in &mut events.items {
+                if let Value::Obj(e) = e
+                    && let Some(Value::Obj(props)) = e.get_mut("properties")
+                {
+                    props.set(
+                        "$current_url".into(),
+                        Value::str("https://shop.example.com/reset"),
+                    );
+                    e.raw = None;
+                }
+            }
+            v.touch();
+            std::hint::black_box(to_string(&v));
+        }
+        let changed = start.elapsed() / n;
+        let len = batch.len();
+        eprintln!(
+            "{len} bytes, parse+encode: {untouched:?} untouched, {changed:?} with $current_url set in each event"
+        );
+    }
+}

@@ -1,0 +1,463 @@
+//! What a rule does to the fields it selects. Each action is compiled at load (selectors,
+//! regexes, templates, the prepared HMAC key) and applied to one part at a time.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use hmac::{Hmac, Mac};
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+use super::cond::Ctx;
+use super::detect::{self, Kinds};
+use super::select::{KeyPat, Selector};
+use super::walk;
+use crate::decode::{Str, Value};
+
+pub type HmacKey = Hmac<Sha256>;
+
+/// How a value is normalised before hashing (what Meta and Google require for matching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// Trim and lower-case; for gmail.com / googlemail.com also remove dots before the `@`.
+    Email,
+    /// E.164: `+` and digits only.
+    Phone,
+    /// Digits only (Meta's form, country code included).
+    PhoneDigits,
+    Lowercase,
+    Trim,
+}
+
+/// Which hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashAlg {
+    /// HMAC-SHA-256 with the site key: not reversible by anyone without the key, stable for
+    /// the site (the default).
+    #[default]
+    HmacSha256,
+    /// Plain SHA-256, for vendor match keys that must equal the vendor's own hash (Meta `em`).
+    Sha256,
+}
+
+/// What replaces a detected value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replace {
+    /// `[email]`, `[phone]`, … (or the given text).
+    Placeholder(Option<String>),
+    /// A keyed hash (16 hex characters of the site's HMAC).
+    Hash,
+}
+
+/// A piece of a `set` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    /// The client address, truncated to these prefix lengths (full when 32/128).
+    ClientIp {
+        v4: u8,
+        v6: u8,
+    },
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StripUrl {
+    /// Allowlist of parameter names (globs); empty: no allowlist.
+    pub keep: Vec<KeyPat>,
+    /// Denylist of parameter names (globs).
+    pub drop: Vec<KeyPat>,
+    pub keep_fragment: bool,
+    /// Path segments matching a pattern are replaced (e.g. ids in `/order/123456`).
+    pub segments: Vec<(Regex, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Drop(Vec<Selector>),
+    Keep(Vec<Selector>),
+    Hash {
+        fields: Vec<Selector>,
+        normalize: Option<Normalize>,
+        alg: HashAlg,
+    },
+    Redact {
+        fields: Vec<Selector>,
+        kinds: Kinds,
+        patterns: Vec<Regex>,
+        replace: Replace,
+    },
+    StripUrl {
+        fields: Vec<Selector>,
+        how: StripUrl,
+    },
+    TruncateIp {
+        fields: Vec<Selector>,
+        v4: u8,
+        v6: u8,
+    },
+    Set(Vec<(Selector, Vec<Piece>)>),
+    Rename(Vec<(Selector, String)>),
+    DropRequest,
+}
+
+impl Action {
+    /// The action's name as written in rule files.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Action::Drop(_) => "drop",
+            Action::Keep(_) => "keep",
+            Action::Hash { .. } => "hash",
+            Action::Redact { .. } => "redact",
+            Action::StripUrl { .. } => "strip_url",
+            Action::TruncateIp { .. } => "truncate_ip",
+            Action::Set(_) => "set",
+            Action::Rename(_) => "rename",
+            Action::DropRequest => "drop_request",
+        }
+    }
+}
+
+/// Applies `action` to one part's root. Returns whether anything changed.
+pub fn apply<'a>(
+    action: &Action,
+    root: &mut Value<'a>,
+    flat: bool,
+    in_body: bool,
+    ctx: &Ctx<'_>,
+    key: &HmacKey,
+) -> bool {
+    match action {
+        Action::Drop(sels) => walk::remove(root, flat, sels, in_body, &mut |_, _| {}),
+        Action::Keep(sels) => walk::retain(root, flat, sels, in_body, &mut |_, _| {}),
+        Action::Hash {
+            fields,
+            normalize,
+            alg,
+        } => walk::visit(root, flat, fields, in_body, &mut |_, v| {
+            hash_value(v, *normalize, *alg, key)
+        }),
+        Action::Redact {
+            fields,
+            kinds,
+            patterns,
+            replace,
+        } => walk::visit(root, flat, fields, in_body, &mut |_, v| {
+            redact_value(v, *kinds, patterns, replace, key)
+        }),
+        Action::StripUrl { fields, how } => {
+            walk::visit(root, flat, fields, in_body, &mut |_, v| match v {
+                Value::Str(st) => match strip_url(&st.text, how) {
+                    Some(new) => {
+                        st.set(new);
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            })
+        }
+        Action::TruncateIp { fields, v4, v6 } => {
+            walk::visit(root, flat, fields, in_body, &mut |_, v| {
+                truncate_value(v, *v4, *v6)
+            })
+        }
+        Action::Set(pairs) => {
+            let mut changed = false;
+            for (s, tpl) in pairs.iter().filter(|(s, _)| s.applies(in_body)) {
+                if let Some(text) = render(tpl, ctx) {
+                    changed |= walk::set(root, flat, s, Value::Str(Str::written(text)));
+                }
+            }
+            changed
+        }
+        Action::Rename(pairs) => {
+            let mut changed = false;
+            for (s, to) in pairs.iter().filter(|(s, _)| s.applies(in_body)) {
+                changed |= walk::rename(root, flat, s, to);
+            }
+            changed
+        }
+        Action::DropRequest => false,
+    }
+}
+
+/// Renders a template; `None` when a piece has no value (no public client address, a missing
+/// header): the field is then not set at all rather than set wrong.
+pub fn render(tpl: &[Piece], ctx: &Ctx<'_>) -> Option<String> {
+    let mut out = String::new();
+    for p in tpl {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::ClientIp { v4, v6 } => {
+                if !crate::clientip::is_public(ctx.client_ip) {
+                    return None;
+                }
+                out.push_str(&crate::clientip::truncate(ctx.client_ip, *v4, *v6).to_string());
+            }
+            Piece::Header(h) => out.push_str(ctx.header(h)?),
+            Piece::Cookie(c) => out.push_str(ctx.cookie(c)?),
+        }
+    }
+    Some(out)
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Normalises a value for hashing.
+pub fn normalize(s: &str, n: Option<Normalize>) -> Cow<'_, str> {
+    match n {
+        None => Cow::Borrowed(s),
+        Some(Normalize::Trim) => Cow::Borrowed(s.trim()),
+        Some(Normalize::Lowercase) => Cow::Owned(s.trim().to_lowercase()),
+        Some(Normalize::Email) => {
+            let e = s.trim().to_lowercase();
+            match e.split_once('@') {
+                Some((local, dom)) if dom == "gmail.com" || dom == "googlemail.com" => {
+                    Cow::Owned(format!("{}@{dom}", local.replace('.', "")))
+                }
+                _ => Cow::Owned(e),
+            }
+        }
+        Some(Normalize::Phone) => {
+            let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+            Cow::Owned(format!("+{digits}"))
+        }
+        Some(Normalize::PhoneDigits) => {
+            Cow::Owned(s.chars().filter(char::is_ascii_digit).collect())
+        }
+    }
+}
+
+/// Hex digest of `s` (HMAC with the site key, or plain SHA-256).
+pub fn digest(s: &str, alg: HashAlg, key: &HmacKey) -> String {
+    match alg {
+        HashAlg::HmacSha256 => {
+            let mut m = key.clone();
+            m.update(s.as_bytes());
+            hex::encode(m.finalize().into_bytes())
+        }
+        HashAlg::Sha256 => hex::encode(Sha256::digest(s.as_bytes())),
+    }
+}
+
+fn hash_value(v: &mut Value<'_>, n: Option<Normalize>, alg: HashAlg, key: &HmacKey) -> bool {
+    let text = match v {
+        Value::Str(s) if s.text.is_empty() || is_sha256_hex(&s.text) => return false,
+        Value::Str(s) => s.text.to_string(),
+        Value::Lit(l) if l != "null" && l != "true" && l != "false" => l.to_string(),
+        _ => return false,
+    };
+    *v = Value::Str(Str::written(digest(&normalize(&text, n), alg, key)));
+    true
+}
+
+fn redact_value(
+    v: &mut Value<'_>,
+    kinds: Kinds,
+    patterns: &[Regex],
+    replace: &Replace,
+    key: &HmacKey,
+) -> bool {
+    let Value::Str(s) = v else { return false };
+    match redact_text(&s.text, kinds, patterns, replace, key) {
+        Some(new) => {
+            s.set(new);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Redacts built-in detections and custom patterns in `text`; `None` when nothing matched.
+pub fn redact_text(
+    text: &str,
+    kinds: Kinds,
+    patterns: &[Regex],
+    replace: &Replace,
+    key: &HmacKey,
+) -> Option<String> {
+    let by = |label: &str, found: &str| match replace {
+        Replace::Placeholder(Some(p)) => p.clone(),
+        Replace::Placeholder(None) => format!("[{label}]"),
+        Replace::Hash => digest(found, HashAlg::HmacSha256, key)[..16].to_string(),
+    };
+    let mut current: Option<String> = if kinds.is_empty() {
+        None
+    } else {
+        detect::redact(text, kinds, &mut |k, found| by(k.name(), found))
+    };
+    for re in patterns {
+        let t = current.as_deref().unwrap_or(text);
+        if re.is_match(t) {
+            let replaced = re
+                .replace_all(t, |c: &regex::Captures<'_>| by("redacted", &c[0]))
+                .into_owned();
+            current = Some(replaced);
+        }
+    }
+    current
+}
+
+fn truncate_value(v: &mut Value<'_>, v4: u8, v6: u8) -> bool {
+    let Value::Str(s) = v else { return false };
+    let Ok(ip) = s.text.trim().parse::<IpAddr>() else {
+        return false;
+    };
+    let t = crate::clientip::truncate(ip, v4, v6).to_string();
+    if t == s.text {
+        return false;
+    }
+    s.set(t);
+    s.trusted = true;
+    true
+}
+
+/// Removes query parameters (allowlist or denylist), the fragment, and matching path
+/// segments from a URL. Untouched parameters keep their exact text. `None`: nothing to change.
+pub fn strip_url(url: &str, how: &StripUrl) -> Option<String> {
+    let (before_frag, frag) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let (base, query) = match before_frag.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (before_frag, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&strip_path(base, &how.segments));
+    if let Some(q) = query {
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|pair| {
+                if pair.is_empty() {
+                    return false;
+                }
+                let name = crate::decode::query::unescape(pair.split('=').next().unwrap_or(""));
+                let allowed = how.keep.is_empty() || how.keep.iter().any(|k| k.matches(&name));
+                allowed && !how.drop.iter().any(|d| d.matches(&name))
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+    }
+    if let (Some(f), true) = (frag, how.keep_fragment) {
+        out.push('#');
+        out.push_str(f);
+    }
+    (out != url).then_some(out)
+}
+
+fn strip_path<'s>(base: &'s str, segments: &[(Regex, String)]) -> Cow<'s, str> {
+    if segments.is_empty() {
+        return Cow::Borrowed(base);
+    }
+    let (prefix, path) = match base
+        .find("://")
+        .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
+    {
+        Some(p) => (&base[..p], &base[p..]),
+        None => ("", base),
+    };
+    let new: Vec<Cow<'_, str>> = path
+        .split('/')
+        .map(|seg| {
+            match segments
+                .iter()
+                .find(|(re, _)| !seg.is_empty() && re.is_match(seg))
+            {
+                Some((_, with)) => Cow::Owned(with.clone()),
+                None => Cow::Borrowed(seg),
+            }
+        })
+        .collect();
+    Cow::Owned(format!("{prefix}{}", new.join("/")))
+}
+
+/// A detector set from names.
+pub fn kinds_from(names: &[String]) -> Result<Kinds, String> {
+    let mut k = Kinds::none();
+    for n in names {
+        let kind = detect::Kind::from_name(n).ok_or_else(|| {
+            let all: Vec<&str> = detect::Kind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown detector {n:?} (detectors: {})", all.join(", "))
+        })?;
+        k = k.with(kind);
+    }
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn how(keep: &[&str], drop: &[&str]) -> StripUrl {
+        StripUrl {
+            keep: keep.iter().map(|k| KeyPat::new(k)).collect(),
+            drop: drop.iter().map(|k| KeyPat::new(k)).collect(),
+            keep_fragment: false,
+            segments: vec![],
+        }
+    }
+
+    #[test]
+    fn strip_url_allowlist_denylist_fragment() {
+        let u = "https://shop.example/checkout?email=a%40b.c&utm_source=news&gclid=X1&x=1#top";
+        assert_eq!(
+            strip_url(u, &how(&["utm_*", "gclid"], &[])).unwrap(),
+            "https://shop.example/checkout?utm_source=news&gclid=X1"
+        );
+        assert_eq!(
+            strip_url(u, &how(&[], &["email"])).unwrap(),
+            "https://shop.example/checkout?utm_source=news&gclid=X1&x=1"
+        );
+        assert_eq!(
+            strip_url("https://shop.example/", &how(&["utm_*"], &[])),
+            None
+        );
+        let mut h = how(&[], &[]);
+        h.segments = vec![(Regex::new("^[0-9]{4,}$").unwrap(), "[id]".into())];
+        assert_eq!(
+            strip_url("https://s.example/order/123456/view", &h).unwrap(),
+            "https://s.example/order/[id]/view"
+        );
+    }
+
+    #[test]
+    fn normalisation_and_hashing() {
+        assert_eq!(
+            normalize(" Jane.Doe@GMail.com ", Some(Normalize::Email)),
+            "janedoe@gmail.com"
+        );
+        assert_eq!(
+            normalize("+1 (555) 123-4567", Some(Normalize::Phone)),
+            "+15551234567"
+        );
+        assert_eq!(
+            normalize("+1 (555) 123-4567", Some(Normalize::PhoneDigits)),
+            "15551234567"
+        );
+        let key = HmacKey::new_from_slice(b"k").unwrap();
+        let h = digest("x", HashAlg::Sha256, &key);
+        assert_eq!(
+            h,
+            "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+        );
+        let mut v = Value::Str(Str::written(h.clone()));
+        assert!(
+            !hash_value(&mut v, None, HashAlg::HmacSha256, &key),
+            "already hashed values pass through"
+        );
+        let mut v = Value::str("x");
+        assert!(hash_value(&mut v, None, HashAlg::HmacSha256, &key));
+        assert_ne!(v.as_str().unwrap(), h);
+        assert_eq!(v.as_str().unwrap().len(), 64);
+    }
+}

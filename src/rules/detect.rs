@@ -1,0 +1,1351 @@
+//! Personal-data detectors: the default-on scan over every string value a tag sends (page URLs,
+//! event properties, user ids) and explicit `redact` rules both ask this module what in a
+//! string is an email, a phone number, a payment card, an IBAN, an IP address, a JWT, a bearer
+//! token or a secret URL parameter.
+//!
+//! Precision over recall. The scan runs over every value of every beacon, so a false positive
+//! silently corrupts analytics data (a timestamp, a client id or a browser version replaced by
+//! a placeholder), while a miss is mitigated by explicit rules. So every detector demands
+//! structure, not just characters: separators in a phone number's pattern, a brand prefix and
+//! a Luhn check for cards, mod-97 and the country's length for IBANs, octet ranges for IPs,
+//! and no detector matches inside a longer digit run or alphanumeric token.
+//!
+//! Secret URL parameters whose value is already a bracketed placeholder (`[email]`,
+//! `%5Bemail%5D`) are not reported again, so redacting with such placeholders is idempotent.
+//!
+//! Cost: one table-driven pass over the bytes records which trigger characters occur and counts
+//! digits, dots and colons; a detector runs only when its trigger is present (a short value
+//! without one costs that pass and a few comparisons). The detectors anchored at a token start
+//! (phone, card, IBAN, IPv4, JWT) share one further pass that skips whole tokens. Nothing
+//! allocates unless something is found.
+
+use std::cmp::Reverse;
+use std::net::Ipv6Addr;
+
+/// A kind of personal data or secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Email,
+    Phone,
+    Card,
+    Iban,
+    Ip,
+    Jwt,
+    Bearer,
+    UrlSecret,
+}
+
+impl Kind {
+    /// Every kind, in precedence order (on identical spans the earlier kind is reported).
+    pub const ALL: [Kind; 8] = [
+        Kind::Email,
+        Kind::Phone,
+        Kind::Card,
+        Kind::Iban,
+        Kind::Ip,
+        Kind::Jwt,
+        Kind::Bearer,
+        Kind::UrlSecret,
+    ];
+
+    /// The name used in rule files and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Email => "email",
+            Kind::Phone => "phone",
+            Kind::Card => "card",
+            Kind::Iban => "iban",
+            Kind::Ip => "ip",
+            Kind::Jwt => "jwt",
+            Kind::Bearer => "bearer",
+            Kind::UrlSecret => "url_secret",
+        }
+    }
+
+    /// The kind with this [`name`](Kind::name).
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    const fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// A set of kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Kinds(u16);
+
+impl Kinds {
+    /// Every kind.
+    pub const fn all() -> Kinds {
+        Kinds((1 << Kind::ALL.len()) - 1)
+    }
+    /// No kind.
+    pub const fn none() -> Kinds {
+        Kinds(0)
+    }
+    /// This set plus `k`.
+    pub fn with(self, k: Kind) -> Kinds {
+        Kinds(self.0 | k.bit())
+    }
+    /// Whether `k` is in the set.
+    pub fn contains(self, k: Kind) -> bool {
+        self.0 & k.bit() != 0
+    }
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// One detected span: byte offsets into the text, on char boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: Kind,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Appends non-overlapping findings sorted by start (on overlap keep the earlier/longer one;
+/// on identical spans the kind earlier in [`Kind::ALL`]).
+pub fn find(text: &str, kinds: Kinds, out: &mut Vec<Finding>) {
+    let base = out.len();
+    if run(text.as_bytes(), kinds, out, false) {
+        resolve(out, base);
+    }
+}
+
+/// Whether anything would be found (stops at the first detector that finds something).
+pub fn any(text: &str, kinds: Kinds) -> bool {
+    run(text.as_bytes(), kinds, &mut Vec::new(), true)
+}
+
+/// Replaces every finding with `replace(kind, matched_text)`; `None` when nothing was found
+/// (so callers can keep the original string untouched).
+pub fn redact(
+    text: &str,
+    kinds: Kinds,
+    replace: &mut dyn FnMut(Kind, &str) -> String,
+) -> Option<String> {
+    let mut found = Vec::new();
+    find(text, kinds, &mut found);
+    if found.is_empty() {
+        return None;
+    }
+    let mut s = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in &found {
+        s.push_str(&text[at..f.start]);
+        s.push_str(&replace(f.kind, &text[f.start..f.end]));
+        at = f.end;
+    }
+    s.push_str(&text[at..]);
+    Some(s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pre-pass and dispatch
+
+// Pre-pass classes. The low 48 bits count digits, dots and colons (16 bits each), the high 16
+// bits are flags; one table lookup per byte feeds both.
+const DIGIT: u64 = 1;
+const DOT: u64 = 1 << 16;
+const COLON: u64 = 1 << 32;
+const COUNTS: u64 = (1 << 48) - 1;
+const AT: u64 = 1 << 48;
+const PCT: u64 = 1 << 49;
+const PLUS: u64 = 1 << 50;
+const EQ: u64 = 1 << 51;
+const QH: u64 = 1 << 52; // '?' or '#'
+const UPPER: u64 = 1 << 53;
+const LETTER_B: u64 = 1 << 54; // 'b' or 'B' (bearer)
+const LETTER_J: u64 = 1 << 55; // 'J' (eyJ)
+const SEP: u64 = 1 << 56; // '-' or '(' (phone groups)
+const SPACE: u64 = 1 << 57;
+
+static CLASS: [u64; 256] = classes();
+
+const fn classes() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = match i as u8 {
+            b'0'..=b'9' => DIGIT,
+            b'.' => DOT,
+            b':' => COLON,
+            b'@' => AT,
+            b'%' => PCT,
+            b'+' => PLUS,
+            b'=' => EQ,
+            b'?' | b'#' => QH,
+            b' ' => SPACE,
+            b'-' | b'(' => SEP,
+            b'b' => LETTER_B,
+            b'B' => UPPER | LETTER_B,
+            b'J' => UPPER | LETTER_J,
+            b'A'..=b'Z' => UPPER,
+            _ => 0,
+        };
+        i += 1;
+    }
+    t
+}
+
+type Detector = fn(&[u8], &mut Vec<Finding>);
+type At = fn(&[u8], usize) -> Option<usize>;
+
+/// Detectors anchored at the start of a token ([`left_ok`]); they share one pass. Bit `k` of
+/// `FIRST[c]` says whether byte `c` can start `ANCHORED[k]`.
+const ANCHORED: [(Kind, At); 6] = [
+    (Kind::Phone, phone_intl_at),     // `+`, `%2B`
+    (Kind::Phone, phone_national_at), // `(`, digit
+    (Kind::Card, card_at),            // digit
+    (Kind::Iban, iban_at),            // A-Z
+    (Kind::Ip, ipv4_at),              // digit
+    (Kind::Jwt, jwt_at),              // `e`
+];
+
+static FIRST: [u8; 256] = firsts();
+
+const fn firsts() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = match i as u8 {
+            b'+' | b'%' => 1,
+            b'(' => 2,
+            b'0'..=b'9' => 2 | 4 | 16,
+            b'A'..=b'Z' => 8,
+            b'e' => 32,
+            _ => 0,
+        };
+        i += 1;
+    }
+    t
+}
+
+/// Runs the detectors whose trigger occurs in `b`; whether any pushed a finding.
+fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool {
+    let (mut flags, mut counts) = (0u64, 0u64);
+    for &c in b {
+        let k = CLASS[c as usize];
+        flags |= k;
+        counts = counts.wrapping_add(k); // flags carry only into the bits above the counts
+    }
+    if b.len() > 0xFFFF {
+        counts = COUNTS; // the 16-bit counts may have carried: read them all as "many"
+    }
+    let has = |m: u64| flags & m != 0;
+    let (d, dots, colons) = (
+        counts & 0xFFFF,
+        counts >> 16 & 0xFFFF,
+        counts >> 32 & 0xFFFF,
+    );
+    let n = b.len();
+    // Every detector needs one of these; most short values stop here.
+    if d < 2 && colons < 2 && !has(AT | PCT | QH | LETTER_J) && !(has(LETTER_B) && has(SPACE)) {
+        return false;
+    }
+    let armed = [
+        d >= 8 && has(PLUS | PCT),
+        d >= 10 && (dots > 0 || has(SEP | SPACE | PCT)),
+        d >= 13,
+        has(UPPER) && d >= 2 && n >= 15,
+        d >= 4 && dots >= 3,
+        has(LETTER_J) && dots >= 2 && n >= 16,
+    ];
+    let mut mask = 0u8;
+    for (k, ((kind, _), on)) in ANCHORED.iter().zip(armed).enumerate() {
+        mask |= ((on && kinds.contains(*kind)) as u8) << k;
+    }
+    let base = out.len();
+    if mask != 0 {
+        anchored(b, mask, out);
+    }
+    let mut step = |kind: Kind, on: bool, detect: Detector| {
+        if on && kinds.contains(kind) && !(first_only && out.len() > base) {
+            detect(b, out);
+        }
+    };
+    step(Kind::Email, dots > 0 && has(AT | PCT) && n >= 6, email);
+    step(Kind::Ip, colons >= 2, ipv6);
+    step(
+        Kind::Bearer,
+        has(LETTER_B) && has(SPACE | PCT) && n >= 23,
+        bearer,
+    );
+    step(Kind::UrlSecret, has(QH | PCT) && has(EQ | PCT), url_secret);
+    out.len() > base
+}
+
+/// One pass for the [`ANCHORED`] detectors in `mask`: at each byte that can start one and may
+/// start a match, tries them all and resumes after the longest match. After a failed try at a
+/// token character the rest of the token is skipped: nothing can start inside it, except right
+/// after a `%XX` escape that begins it.
+fn anchored(b: &[u8], mask: u8, out: &mut Vec<Finding>) {
+    let mut i = 0;
+    while let Some(p) = b[i..].iter().position(|&c| FIRST[c as usize] & mask != 0) {
+        let s = i + p;
+        let mut end = 0;
+        if left_ok(b, s) {
+            let mut bits = FIRST[b[s] as usize] & mask;
+            while bits != 0 {
+                let (kind, at) = ANCHORED[bits.trailing_zeros() as usize];
+                bits &= bits - 1;
+                if let Some(e) = at(b, s) {
+                    push(out, kind, s, e);
+                    end = end.max(e);
+                }
+            }
+        }
+        i = if end > 0 {
+            end
+        } else if !is_word(b[s]) {
+            s + 1
+        } else if s > 0 && escape_at(b, s - 1).is_some() {
+            s + 2
+        } else {
+            s + b[s..].iter().take_while(|&&c| is_word(c)).count()
+        };
+    }
+}
+
+/// Sorts `out[base..]` by start (longer first, then kind) and drops findings overlapping a kept one.
+fn resolve(out: &mut Vec<Finding>, base: usize) {
+    out[base..].sort_unstable_by_key(|f| (f.start, Reverse(f.end), f.kind as u8));
+    let mut w = base;
+    for r in base..out.len() {
+        let f = out[r];
+        if w > base && f.start < out[w - 1].end {
+            continue;
+        }
+        out[w] = f;
+        w += 1;
+    }
+    out.truncate(w);
+}
+
+fn push(out: &mut Vec<Finding>, kind: Kind, start: usize, end: usize) {
+    out.push(Finding { kind, start, end });
+}
+
+/// Part of a token: ASCII alphanumeric, `_`, or any non-ASCII byte (conservatively).
+#[inline(always)]
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+/// The byte a `%XX` escape at `i` stands for.
+fn escape_at(b: &[u8], i: usize) -> Option<u8> {
+    let hex = |c: u8| (c as char).to_digit(16);
+    match b.get(i..i + 3)? {
+        [b'%', h, l] => Some((hex(*h)? * 16 + hex(*l)?) as u8),
+        _ => None,
+    }
+}
+
+/// Whether a match may start at `i`: not inside a token, and not continuing a dotted or dashed
+/// token (`v1.4111…`, `ORD-4111…`). A preceding `%XX` escape is a delimiter.
+#[inline(always)]
+fn left_ok(b: &[u8], i: usize) -> bool {
+    let Some(&p) = i.checked_sub(1).map(|j| &b[j]) else {
+        return true;
+    };
+    if is_word(p) {
+        return i >= 3 && b[i - 3] == b'%' && escape_at(b, i - 3).is_some();
+    }
+    !(matches!(p, b'.' | b'-') && i >= 2 && is_word(b[i - 2]))
+}
+
+/// Whether a match may end at `j` (the mirror of [`left_ok`]).
+fn right_ok(b: &[u8], j: usize) -> bool {
+    match b.get(j) {
+        None => true,
+        Some(&c) => {
+            !(is_word(c) || matches!(c, b'.' | b'-') && b.get(j + 1).is_some_and(|&n| is_word(n)))
+        }
+    }
+}
+
+fn digit_run(b: &[u8], i: usize) -> usize {
+    b.get(i..)
+        .map_or(0, |s| s.iter().take_while(|c| c.is_ascii_digit()).count())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Email
+
+/// File extensions that are not TLDs: `logo@2x.png` is an asset, not an address.
+#[rustfmt::skip]
+const FILE_EXTS: [&str; 19] = [
+    "png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico", "bmp", "css", "js", "mjs", "map",
+    "json", "xml", "html", "htm", "pdf", "txt",
+];
+
+/// `local@domain` or `local%40domain`.
+fn email(b: &[u8], out: &mut Vec<Finding>) {
+    let mut i = 0;
+    while let Some(p) = b[i..].iter().position(|&c| c == b'@' || c == b'%') {
+        let at = i + p;
+        i = at + 1;
+        let sep = match b[at] {
+            b'@' => 1,
+            _ if b.get(at + 1..at + 3) == Some(b"40") => 3,
+            _ => continue,
+        };
+        if let Some(e) = domain_end(b, at + sep) {
+            if let Some(s) = local_start(b, at) {
+                push(out, Kind::Email, s, e);
+                i = e;
+            }
+        }
+    }
+}
+
+fn is_local(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+/// Start of the local part ending at `at`. A `%XX` escape belongs to it only when it encodes a
+/// local-part character, so `…%3Fe%3Djane%40x.com` starts at `jane`.
+fn local_start(b: &[u8], at: usize) -> Option<usize> {
+    let mut j = at;
+    while j > 0 {
+        match (j >= 3 && b[j - 3] == b'%')
+            .then(|| escape_at(b, j - 3))
+            .flatten()
+        {
+            Some(c) if is_local(c) => j -= 3,
+            Some(_) => break,
+            None if is_local(b[j - 1]) => j -= 1,
+            None => break,
+        }
+    }
+    while j < at && b[j] == b'.' {
+        j += 1;
+    }
+    let local = &b[j..at];
+    (local.len() <= 64 && local.iter().any(u8::is_ascii_alphanumeric)).then_some(j)
+}
+
+/// End of a domain starting at `from`: 2+ labels, the last all letters (2+) and no file extension.
+fn domain_end(b: &[u8], from: usize) -> Option<usize> {
+    let len = b[from..]
+        .iter()
+        .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+    let mut e = from + len.count();
+    while e > from && matches!(b[e - 1], b'.' | b'-') {
+        e -= 1;
+    }
+    let dom = &b[from..e];
+    let label_ok =
+        |l: &[u8]| !l.is_empty() && l.len() <= 63 && l[0] != b'-' && l[l.len() - 1] != b'-';
+    if !dom.split(|&c| c == b'.').all(label_ok) {
+        return None;
+    }
+    let tld = dom.rsplit(|&c| c == b'.').next()?;
+    let is_ext = |x: &&str| x.as_bytes().eq_ignore_ascii_case(tld);
+    let is_ext = tld.len() <= 4 && FILE_EXTS.iter().any(is_ext);
+    let tld_ok = tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic) && !is_ext;
+    (tld_ok && tld.len() < dom.len()).then_some(e)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phone
+
+/// `+` or `%2B`, then 8 to 15 digits in groups with single separators between them.
+fn phone_intl_at(b: &[u8], i: usize) -> Option<usize> {
+    match b[i] {
+        b'+' => intl_end(b, i + 1),
+        _ => escape_at(b, i)
+            .filter(|&c| c == b'+')
+            .and_then(|_| intl_end(b, i + 3)),
+    }
+}
+
+fn intl_end(b: &[u8], mut j: usize) -> Option<usize> {
+    let (mut digits, mut end) = (0, j);
+    loop {
+        let g = digit_run(b, j);
+        if g == 0 {
+            break;
+        }
+        digits += g;
+        j += g;
+        end = j;
+        match phone_sep(b, j) {
+            Some(k) if b.get(j + k).is_some_and(u8::is_ascii_digit) => j += k,
+            _ => break,
+        }
+    }
+    ((8..=15).contains(&digits) && right_ok(b, end)).then_some(end)
+}
+
+/// A separator between phone digit groups: at most one of space, `-`, `.`, `%20`, plus at most
+/// one parenthesis (`+1 (555) 123…`).
+fn phone_sep(b: &[u8], j: usize) -> Option<usize> {
+    let (mut k, mut paren, mut plain) = (0, false, false);
+    loop {
+        match b.get(j + k) {
+            Some(b'(' | b')') if !paren => (paren, k) = (true, k + 1),
+            Some(b' ' | b'-' | b'.') if !plain => (plain, k) = (true, k + 1),
+            Some(b'%') if !plain && b.get(j + k..j + k + 3) == Some(b"%20") => {
+                (plain, k) = (true, k + 3)
+            }
+            _ => break,
+        }
+    }
+    (k > 0).then_some(k)
+}
+
+/// `(555) 123-4567`, `555-123-4567`, `555.123.4567`, `555 123 4567`, optionally after `1` and
+/// the same separator. The area code starts with 2-9 (NANP).
+fn phone_national_at(b: &[u8], i: usize) -> Option<usize> {
+    national_at(b, i, None).or_else(|| trunk_prefixed(b, i))
+}
+
+fn trunk_prefixed(b: &[u8], i: usize) -> Option<usize> {
+    if b[i] != b'1' || digit_run(b, i) != 1 {
+        return None;
+    }
+    let (k, sep) = plain_sep(b, i + 1)?;
+    national_at(b, i + 1 + k, Some(sep))
+}
+
+fn national_at(b: &[u8], i: usize, want: Option<u8>) -> Option<usize> {
+    let paren = b.get(i) == Some(&b'(');
+    let mut j = i + paren as usize;
+    if digit_run(b, j) != 3 || b[j] < b'2' {
+        return None;
+    }
+    j += 3;
+    let sep1 = if paren {
+        if b.get(j) != Some(&b')') {
+            return None;
+        }
+        j += 1;
+        j += plain_sep(b, j).filter(|s| s.1 == b' ').map_or(0, |s| s.0);
+        None
+    } else {
+        let (k, c) = plain_sep(b, j)?;
+        j += k;
+        Some(c)
+    };
+    if want.is_some() && !paren && want != sep1 {
+        return None;
+    }
+    if digit_run(b, j) != 3 {
+        return None;
+    }
+    j += 3;
+    let (k, sep2) = plain_sep(b, j)?;
+    if sep1.is_some_and(|s| s != sep2) || digit_run(b, j + k) != 4 {
+        return None;
+    }
+    j += k + 4;
+    right_ok(b, j).then_some(j)
+}
+
+/// Space (or `%20`, reported as a space), `-` or `.`: (length, separator).
+fn plain_sep(b: &[u8], j: usize) -> Option<(usize, u8)> {
+    match b.get(j)? {
+        c @ (b' ' | b'-' | b'.') => Some((1, *c)),
+        b'%' if b.get(j..j + 3) == Some(b"%20") => Some((3, b' ')),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Card
+
+/// 13 to 19 digits, contiguous or as a first group of 4 then groups of 3 to 6 with one
+/// consistent single separator (space or dash).
+fn card_at(b: &[u8], i: usize) -> Option<usize> {
+    let (mut num, mut n) = ([0u8; 19], 0);
+    let mut take = |from: usize, len: usize| {
+        for (k, c) in b[from..from + len].iter().enumerate() {
+            num[n + k] = c - b'0';
+        }
+        n += len;
+    };
+    let first = digit_run(b, i);
+    let end = if (13..=19).contains(&first) {
+        take(i, first);
+        i + first
+    } else if first == 4 {
+        let sep = *b.get(i + 4).filter(|c| matches!(c, b' ' | b'-'))?;
+        take(i, 4);
+        let (mut j, mut total) = (i + 4, 4);
+        while b.get(j) == Some(&sep) {
+            let g = digit_run(b, j + 1);
+            if !(3..=6).contains(&g) || total + g > 19 {
+                break;
+            }
+            take(j + 1, g);
+            total += g;
+            j += 1 + g;
+        }
+        j
+    } else {
+        return None;
+    };
+    let d = &num[..n];
+    (n >= 13 && right_ok(b, end) && brand_fits(d) && luhn(d)).then_some(end)
+}
+
+/// Brand prefixes and the lengths issued under them: (prefix digits, from, to, min, max length).
+#[rustfmt::skip]
+const BRANDS: [(usize, u32, u32, usize, usize); 21] = [
+    (1, 4, 4, 13, 13), (1, 4, 4, 16, 16), (1, 4, 4, 19, 19), // Visa
+    (2, 51, 55, 16, 16), (4, 2221, 2720, 16, 16), // Mastercard
+    (2, 34, 34, 15, 15), (2, 37, 37, 15, 15), // Amex
+    (4, 6011, 6011, 16, 19), (3, 644, 649, 16, 19), (2, 65, 65, 16, 19), // Discover
+    (4, 3528, 3589, 16, 19), // JCB
+    (3, 300, 305, 14, 19), (2, 36, 36, 14, 19), (2, 38, 39, 14, 19), // Diners
+    (2, 62, 62, 16, 19), // UnionPay
+    (2, 50, 50, 13, 19), (2, 56, 58, 13, 19), (4, 6304, 6304, 13, 19), // Maestro
+    (4, 6759, 6759, 13, 19), (6, 676770, 676770, 13, 19), (6, 676774, 676774, 13, 19),
+];
+
+/// Whether the digits start with a major brand's prefix and have a length that brand issues.
+fn brand_fits(d: &[u8]) -> bool {
+    let p6 = d[..6].iter().fold(0, |a, &x| a * 10 + x as u32);
+    BRANDS.iter().any(|&(k, from, to, min, max)| {
+        let scale = 10u32.pow(6 - k as u32);
+        (min..=max).contains(&d.len()) && (from * scale..(to + 1) * scale).contains(&p6)
+    })
+}
+
+fn luhn(d: &[u8]) -> bool {
+    let sum: u32 = d
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &x)| {
+            let x = x as u32 * if i % 2 == 1 { 2 } else { 1 };
+            if x > 9 { x - 9 } else { x }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// IBAN
+
+/// IBAN registry countries and their lengths, four characters each.
+const IBAN_LENGTHS: &str = "AD24AE23AL28AT20AZ28BA20BE16BG22BH22BI27BR29BY28CH21CR22CY28CZ24\
+    DE22DJ27DK18DO28EE20EG29ES24FI18FK18FO18FR27GB22GE22GI23GL18GR27GT28HN28HR21HU28IE22IL23\
+    IQ23IS26IT27JO30KW30KZ20LB28LC32LI21LT20LU20LV21LY25MC27MD24ME22MK19MN20MR27MT31MU30NI28\
+    NL18NO15OM23PK24PL28PS29PT25QA29RO24RS22RU33SA24SC31SD18SE24SI19SK24SM27SO23ST25SV28TL23\
+    TN24TR26UA29VA22VG24XK20YE30";
+
+fn iban_len(country: &[u8]) -> Option<usize> {
+    let e = IBAN_LENGTHS
+        .as_bytes()
+        .chunks(4)
+        .find(|e| &e[..2] == country)?;
+    Some(((e[2] - b'0') * 10 + (e[3] - b'0')) as usize)
+}
+
+fn iban_run(b: &[u8], i: usize) -> usize {
+    let is = |c: &&u8| c.is_ascii_uppercase() || c.is_ascii_digit();
+    b.get(i..).map_or(0, |s| s.iter().take_while(is).count())
+}
+
+/// Country, check digits and BBAN, contiguous or in groups of 4 separated by single spaces,
+/// exactly as long as the country's IBAN and passing mod-97.
+fn iban_at(b: &[u8], i: usize) -> Option<usize> {
+    let h = b.get(i..i + 4)?;
+    if !(h[0].is_ascii_uppercase()
+        && h[1].is_ascii_uppercase()
+        && h[2..].iter().all(u8::is_ascii_digit))
+    {
+        return None;
+    }
+    let want = iban_len(&h[..2])?;
+    let (mut buf, mut n) = ([0u8; 34], 0);
+    let run = iban_run(b, i);
+    let mut end = i + run;
+    if run == want {
+        buf[..want].copy_from_slice(&b[i..end]);
+        n = want;
+    } else if run == 4 {
+        end = i;
+        let mut g = 4;
+        while g > 0 && n + g <= want {
+            buf[n..n + g].copy_from_slice(&b[end..end + g]);
+            n += g;
+            end += g;
+            g = if b.get(end) == Some(&b' ') && n < want {
+                iban_run(b, end + 1).min(4)
+            } else {
+                0
+            };
+            end += (g > 0) as usize;
+        }
+    }
+    let bounded = b.get(end).is_none_or(|&c| !is_word(c));
+    (n == want && bounded && mod97(&buf[..n])).then_some(end)
+}
+
+/// ISO 13616: the first four characters moved to the end, letters as 10..35, mod 97 == 1.
+fn mod97(s: &[u8]) -> bool {
+    let r = s[4..].iter().chain(&s[..4]).fold(0u32, |r, &c| match c {
+        b'0'..=b'9' => (r * 10 + (c - b'0') as u32) % 97,
+        _ => (r * 100 + (c - b'A') as u32 + 10) % 97,
+    });
+    r == 1
+}
+
+// ---------------------------------------------------------------------------------------------
+// IP
+
+/// A dotted quad, octets 0-255 without leading zeros, not continued by `.digit` or a token.
+/// `N.0.0.0` is skipped: it is a network, not a host, and it is how Chrome reports versions.
+fn ipv4_at(b: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && b[i - 1] == b'.' {
+        return None;
+    }
+    let (mut j, mut zeros) = (i, 0);
+    for k in 0..4 {
+        if k > 0 {
+            if b.get(j) != Some(&b'.') {
+                return None;
+            }
+            j += 1;
+        }
+        let n = digit_run(b, j);
+        if n == 0 || n > 3 || (n > 1 && b[j] == b'0') {
+            return None;
+        }
+        let v = b[j..j + n]
+            .iter()
+            .fold(0u32, |a, &c| a * 10 + (c - b'0') as u32);
+        if v > 255 {
+            return None;
+        }
+        zeros += (k > 0 && v == 0) as usize;
+        j += n;
+    }
+    (right_ok(b, j) && zeros < 3).then_some(j)
+}
+
+/// Maximal runs of hex digits, `:` and `.` that parse as IPv6 and are not clock times. Only
+/// runs around a colon followed by another within five bytes are examined.
+fn ipv6(b: &[u8], out: &mut Vec<Finding>) {
+    let is_v6 = |c: &u8| c.is_ascii_hexdigit() || *c == b':' || *c == b'.';
+    let mut i = 0;
+    while let Some(p) = b[i..].iter().position(|&c| c == b':') {
+        let c = i + p;
+        i = c + 1;
+        if !b[i..].iter().take(5).any(|&x| x == b':') {
+            continue;
+        }
+        let s = c - b[..c].iter().rev().take_while(|&c| is_v6(c)).count();
+        let e = c + b[c..].iter().take_while(|&c| is_v6(c)).count();
+        i = e;
+        let colons = b[s..e].iter().filter(|&&c| c == b':').count();
+        let end = s + b[s..e]
+            .iter()
+            .rposition(|&c| c != b'.')
+            .map_or(0, |p| p + 1);
+        let bounded = (s == 0 || !is_word(b[s - 1])) && (e == b.len() || !is_word(b[e]));
+        if bounded && ipv6_ok(&b[s..end], colons) {
+            push(out, Kind::Ip, s, end);
+        }
+    }
+}
+
+fn ipv6_ok(r: &[u8], colons: usize) -> bool {
+    if r.len() > 45 || !r.iter().any(u8::is_ascii_hexdigit) {
+        return false;
+    }
+    let not_clock =
+        r.iter().any(u8::is_ascii_alphabetic) || r.windows(2).any(|w| w == b"::") || colons >= 4;
+    not_clock && std::str::from_utf8(r).is_ok_and(|s| s.parse::<Ipv6Addr>().is_ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+
+fn is_b64url(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'_'
+}
+
+fn b64_run(b: &[u8], i: usize) -> usize {
+    b.get(i..)
+        .map_or(0, |s| s.iter().take_while(|&&c| is_b64url(c)).count())
+}
+
+/// `eyJ…` header (10+ chars) `.` payload (2+) `.` signature (may be empty); up to five segments
+/// (JWE) are covered. Starts only where a base64url run starts, so no run is rescanned from
+/// inside (`--eyJ…--eyJ…` would otherwise cost quadratic time).
+fn jwt_at(b: &[u8], i: usize) -> Option<usize> {
+    let run_start = i == 0 || !is_b64url(b[i - 1]) || (i >= 3 && b[i - 3] == b'%');
+    (run_start && b[i..].starts_with(b"eyJ"))
+        .then(|| jwt_end(b, i))
+        .flatten()
+}
+
+fn jwt_end(b: &[u8], s: usize) -> Option<usize> {
+    let mut j = s + b64_run(b, s);
+    if j - s < 10 {
+        return None;
+    }
+    let mut segs = 1;
+    while segs < 5 && b.get(j) == Some(&b'.') {
+        let k = b64_run(b, j + 1);
+        if segs == 1 && k < 2 {
+            return None;
+        }
+        j += 1 + k;
+        segs += 1;
+        if k == 0 {
+            break;
+        }
+    }
+    (segs >= 3).then_some(j)
+}
+
+/// `bearer ` or `bearer%20` (any case), then a token68 of 16+ characters; the token only.
+fn bearer(b: &[u8], out: &mut Vec<Finding>) {
+    let is_t68 = |c: &&u8| c.is_ascii_alphanumeric() || b"-._~+/".contains(c);
+    let mut i = 0;
+    while let Some(p) = b[i..].iter().position(|&c| c | 0x20 == b'b') {
+        let at = i + p;
+        i = at + 1;
+        let gap = match b[at..].get(6..) {
+            Some([b' ', ..]) => 1,
+            Some([b'%', b'2', b'0', ..]) => 3,
+            _ => continue,
+        };
+        if !b[at..at + 6].eq_ignore_ascii_case(b"bearer")
+            || (at > 0 && b[at - 1].is_ascii_alphanumeric())
+        {
+            continue;
+        }
+        let s = at + 6 + gap;
+        let t = b[s..].iter().take_while(is_t68).count();
+        if t >= 16 {
+            let e = s + t + b[s + t..].iter().take_while(|&&c| c == b'=').count();
+            push(out, Kind::Bearer, s, e);
+            i = e;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// URL secrets
+
+/// Query or fragment parameter names whose values are secrets or personal data.
+#[rustfmt::skip]
+const SECRET_NAMES: [&str; 31] = [
+    "token", "access_token", "id_token", "refresh_token", "auth", "auth_token", "authorization",
+    "password", "passwd", "pwd", "pass", "secret", "client_secret", "api_key", "apikey",
+    "session", "sessionid", "session_id", "sid", "code", "email", "e-mail", "mail", "phone",
+    "tel", "mobile", "ssn", "otp", "pin", "signature", "sig",
+];
+
+/// Values of secret parameters after the first `?` or `#`. Delimiters `&` `;` `?` `#` count raw
+/// or percent-encoded (GA4 carries page URLs with a second encoding layer), as does `=`. Walks
+/// from `=` to `=`, looking back for the name; only a secret's value is scanned to its end.
+fn url_secret(b: &[u8], out: &mut Vec<Finding>) {
+    let Some((q, ql)) = find_encoded(b, 0, b.len(), |c| c == b'?' || c == b'#') else {
+        return;
+    };
+    let open = q + ql;
+    let mut i = open;
+    while let Some((eq, el)) = find_encoded(b, i, b.len(), |c| c == b'=') {
+        i = eq + el;
+        if !name_start(b, open, eq).is_some_and(|s| is_secret_name(&b[s..eq])) {
+            continue;
+        }
+        let end = find_encoded(b, i, b.len(), is_delimiter).map_or(b.len(), |d| d.0);
+        let stop = |c: &u8| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>');
+        let ve = b[i..end].iter().position(stop).map_or(end, |p| i + p);
+        if ve > i && !is_placeholder(&b[i..ve]) {
+            push(out, Kind::UrlSecret, i, ve);
+        }
+        i = end;
+    }
+}
+
+fn is_delimiter(c: u8) -> bool {
+    matches!(c, b'?' | b'#' | b'&' | b';')
+}
+
+/// Start of the parameter name that ends at `eq`: after the previous delimiter, or `open`.
+/// `None` when `eq` is not the first `=` of its parameter, or the name is too long for a secret's.
+fn name_start(b: &[u8], open: usize, eq: usize) -> Option<usize> {
+    let mut k = eq;
+    while k > open && eq - k <= 40 {
+        let escape = k >= 3 && b[k - 3] == b'%';
+        let c = if escape { escape_at(b, k - 3) } else { None }.unwrap_or(b[k - 1]);
+        if is_delimiter(c) {
+            return Some(k);
+        } else if c == b'=' {
+            return None;
+        }
+        k -= 1;
+    }
+    (k == open).then_some(k)
+}
+
+/// The first byte in `b[from..end]` that `is` accepts, raw or as a `%XX` escape: (position,
+/// length).
+fn find_encoded(
+    b: &[u8],
+    mut from: usize,
+    end: usize,
+    is: impl Fn(u8) -> bool,
+) -> Option<(usize, usize)> {
+    loop {
+        let j = from + b[from..end].iter().position(|&c| is(c) || c == b'%')?;
+        if b[j] != b'%' {
+            return Some((j, 1));
+        } else if escape_at(b, j).is_some_and(&is) {
+            return Some((j, 3));
+        }
+        from = j + 1;
+    }
+}
+
+fn is_secret_name(raw: &[u8]) -> bool {
+    let first = match raw {
+        [b'%', ..] => escape_at(raw, 0).unwrap_or(b'%'),
+        [c, ..] => *c,
+        [] => return false,
+    };
+    if SECRET_FIRST & 1 << (first.to_ascii_lowercase() & 31) == 0 {
+        return false;
+    }
+    let (mut buf, mut n, mut k) = ([0u8; 16], 0, 0);
+    while k < raw.len() {
+        if n == buf.len() {
+            return false;
+        }
+        let escape = if raw[k] == b'%' {
+            escape_at(raw, k)
+        } else {
+            None
+        };
+        let (c, step) = escape.map_or((raw[k], 1), |c| (c, 3));
+        buf[n] = c.to_ascii_lowercase();
+        n += 1;
+        k += step;
+    }
+    SECRET_NAMES.iter().any(|s| s.as_bytes() == &buf[..n])
+}
+
+/// The first letters of [`SECRET_NAMES`] as bits (`1 << (letter & 31)`): a quick rejection.
+const SECRET_FIRST: u32 = {
+    let (mut bits, mut i) = (0u32, 0);
+    while i < SECRET_NAMES.len() {
+        bits |= 1 << (SECRET_NAMES[i].as_bytes()[0] & 31);
+        i += 1;
+    }
+    bits
+};
+
+/// `[word]` or `%5Bword%5D`: a value a redaction already replaced, so redacting is idempotent.
+fn is_placeholder(v: &[u8]) -> bool {
+    let inner = match v {
+        [b'[', inner @ .., b']'] => inner,
+        [b'%', b'5', o, inner @ .., b'%', b'5', c] if o | 0x20 == b'b' && c | 0x20 == b'd' => inner,
+        _ => return false,
+    };
+    !inner.is_empty()
+        && inner
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::{Just, prop_oneof, proptest};
+
+    fn found(text: &str) -> Vec<(Kind, &str)> {
+        let mut out = Vec::new();
+        find(text, Kinds::all(), &mut out);
+        out.iter()
+            .map(|f| (f.kind, &text[f.start..f.end]))
+            .collect()
+    }
+
+    fn placeholder(k: Kind, _: &str) -> String {
+        format!("[{}]", k.name())
+    }
+
+    /// Values from real analytics payloads that must come through untouched.
+    const CLEAN: &[&str] = &[
+        "1234567890.1732838400",
+        "1732838400123",
+        "1707755778201",
+        "G-TEST123456",
+        "45je4bk0v9115421035za200",
+        "Chromium;131.0.6778.85|Google Chrome;131.0.6778.85",
+        "Not_A Brand;24.0.0.0",
+        "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36",
+        "1920x1080",
+        "2.9.145",
+        "fb.1.1707755778200.1111111111",
+        "fb.1.1707755700000.IwAR_FAKE_CLICK_ID",
+        "01900000-0000-7000-8000-000000000001",
+        "13l3l3l3l1l1",
+        "ORD-99812",
+        "129.95",
+        "812.40",
+        "x86",
+        "6.5.0",
+        "2024-01-15",
+        "2024-01-15T12:30:45Z",
+        "2024-01-15T12:30:45+01:00",
+        "12:30:45",
+        "12:30:45.123",
+        "1,299.00",
+        "phc_FAKE123",
+        "SKU-1",
+        "https://shop.example/catalog/?utm_source=newsletter&utm_medium=email&gclid=Cj0KCQiA4NWrBhD",
+        "Example Shop",
+        "en-us",
+        "de-DE",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+        "101925629~102067555~102067808",
+        "user_42",
+        "customer-98765",
+        "https://cdn.example/img/logo@2x.png",
+        "@scope/package@1.2.3",
+        "4111111111111112",
+        "17328384001234567",
+        "ORD-4111111111111111",
+        "1.2.3.4.5",
+        "v1.2.3.4",
+        "256.1.1.1",
+        "01.2.3.4",
+        "DE89370400440532013001",
+        "XX89370400440532013000",
+        "std::io::Result",
+        "a :: b",
+        "00:1A:2B:3C:4D:5E",
+        "eyJhbGciOiJIUzI1NiJ9",
+        "bearer short",
+        "price=12.50&qty=2",
+        "https://shop.example/?promo_code=SUMMER&tokens=1",
+        "https://shop.example/reset?token=",
+        "555-123-45678",
+        "155-123-4567",
+        "5551234567",
+        "+1234567",
+        "size+15551234567",
+        "1.555.123.4567.8",
+        "dimension1=+1",
+    ];
+
+    #[test]
+    fn true_positives() {
+        use Kind::*;
+        let cases: &[(&str, &[(Kind, &str)])] = &[
+            ("jane.doe@example.com", &[(Email, "jane.doe@example.com")]),
+            (
+                "mailto:Jane_Doe+tag@mail.example.co.uk.",
+                &[(Email, "Jane_Doe+tag@mail.example.co.uk")],
+            ),
+            (
+                "q=jane.doe%40example.com",
+                &[(Email, "jane.doe%40example.com")],
+            ),
+            (
+                "dl=https%3A%2F%2Fx.example%2F%3Fe%3Djane%40x.example",
+                &[(Email, "jane%40x.example")],
+            ),
+            ("+1 555 123 4567", &[(Phone, "+1 555 123 4567")]),
+            ("+15551234567", &[(Phone, "+15551234567")]),
+            ("%2B15551234567", &[(Phone, "%2B15551234567")]),
+            ("tel:+44 (0)20 7946 0958", &[(Phone, "+44 (0)20 7946 0958")]),
+            ("+1 (555) 123-4567", &[(Phone, "+1 (555) 123-4567")]),
+            ("(555) 123-4567", &[(Phone, "(555) 123-4567")]),
+            ("call 555-123-4567 now", &[(Phone, "555-123-4567")]),
+            ("555.123.4567", &[(Phone, "555.123.4567")]),
+            ("555 123 4567", &[(Phone, "555 123 4567")]),
+            ("1-555-123-4567", &[(Phone, "1-555-123-4567")]),
+            ("4111 1111 1111 1111", &[(Card, "4111 1111 1111 1111")]),
+            ("4111111111111111", &[(Card, "4111111111111111")]),
+            ("5500-0000-0000-0004", &[(Card, "5500-0000-0000-0004")]),
+            ("378282246310005", &[(Card, "378282246310005")]),
+            ("3782 822463 10005", &[(Card, "3782 822463 10005")]),
+            ("card=6011111111111117", &[(Card, "6011111111111117")]),
+            (
+                "DE89 3704 0044 0532 0130 00",
+                &[(Iban, "DE89 3704 0044 0532 0130 00")],
+            ),
+            (
+                "GB82WEST12345698765432",
+                &[(Iban, "GB82WEST12345698765432")],
+            ),
+            (
+                "iban: NL91 ABNA 0417 1643 00 EUR",
+                &[(Iban, "NL91 ABNA 0417 1643 00")],
+            ),
+            ("203.0.113.7", &[(Ip, "203.0.113.7")]),
+            ("n=%20%2B15551234567", &[(Phone, "%2B15551234567")]),
+            ("c%3D4111111111111111%26x", &[(Card, "4111111111111111")]),
+            ("ip=10.0.0.1:8080", &[(Ip, "10.0.0.1")]),
+            ("2001:db8::1", &[(Ip, "2001:db8::1")]),
+            (
+                "[fe80::1ff:fe23:4567:890a%eth0]:443",
+                &[(Ip, "fe80::1ff:fe23:4567:890a")],
+            ),
+            ("::ffff:192.0.2.1", &[(Ip, "::ffff:192.0.2.1")]),
+            (
+                "t=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                &[(
+                    Jwt,
+                    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                )],
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                &[(
+                    Jwt,
+                    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                )],
+            ),
+            (
+                "Authorization: Bearer abcdefghijklmnop1234",
+                &[(Bearer, "abcdefghijklmnop1234")],
+            ),
+            (
+                "h=bearer%20abcdefghijklmnop1234==",
+                &[(Bearer, "abcdefghijklmnop1234==")],
+            ),
+            (
+                "https://shop.example/reset?email=jane.doe%40example.com&token=abc123",
+                &[(Email, "jane.doe%40example.com"), (UrlSecret, "abc123")],
+            ),
+            (
+                "https://app.example/cb#access_token=xyz&state=1",
+                &[(UrlSecret, "xyz")],
+            ),
+            ("/p?a=1;Session%5FID=s3cr3t", &[(UrlSecret, "s3cr3t")]),
+            (
+                "https%3A%2F%2Fshop.example%2Freset%3Fx%3D1%26Password%3Dhunter2",
+                &[(UrlSecret, "hunter2")],
+            ),
+            ("/login?pwd=a b", &[(UrlSecret, "a")]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(found(text), *want, "{text}");
+            assert!(any(text, Kinds::all()), "{text}");
+        }
+    }
+
+    #[test]
+    fn must_not_match() {
+        for text in CLEAN {
+            assert_eq!(found(text), [], "{text}");
+            assert!(!any(text, Kinds::all()), "{text}");
+            assert_eq!(redact(text, Kinds::all(), &mut placeholder), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn kinds_filter_and_names() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+            assert!(Kinds::all().contains(k) && !Kinds::none().contains(k));
+            assert!(Kinds::none().with(k).contains(k));
+        }
+        assert_eq!(Kind::from_name("Email"), None);
+        assert!(Kinds::none().is_empty() && Kinds::default().is_empty());
+        let url = "https://shop.example/reset?email=jane.doe%40example.com&token=abc123";
+        let mut out = Vec::new();
+        find(url, Kinds::none().with(Kind::UrlSecret), &mut out);
+        let spans: Vec<_> = out.iter().map(|f| &url[f.start..f.end]).collect();
+        assert_eq!(spans, ["jane.doe%40example.com", "abc123"]);
+        assert!(!any(url, Kinds::none().with(Kind::Card)));
+        assert!(!any("jane@example.com", Kinds::none()));
+    }
+
+    #[test]
+    fn find_appends() {
+        let mut out = vec![Finding {
+            kind: Kind::Ip,
+            start: 0,
+            end: 1,
+        }];
+        find("x 203.0.113.7", Kinds::all(), &mut out);
+        assert_eq!(
+            out[1],
+            Finding {
+                kind: Kind::Ip,
+                start: 2,
+                end: 13
+            }
+        );
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn redaction() {
+        let url = "https://shop.example/reset?email=jane.doe%40example.com&token=abc123&v=2";
+        let once = redact(url, Kinds::all(), &mut placeholder).unwrap();
+        assert_eq!(
+            once,
+            "https://shop.example/reset?email=[email]&token=[url_secret]&v=2"
+        );
+        assert_eq!(redact(&once, Kinds::all(), &mut placeholder), None);
+        let encoded = "/r?token=%5Burl_secret%5D&to=+1 555 123 4567";
+        let once = redact(encoded, Kinds::all(), &mut placeholder).unwrap();
+        assert_eq!(once, "/r?token=%5Burl_secret%5D&to=[phone]");
+        let mut seen = Vec::new();
+        let out = redact("a jane@example.com b", Kinds::all(), &mut |k, m| {
+            seen.push((k, m.to_string()));
+            String::new()
+        });
+        assert_eq!(out.as_deref(), Some("a  b"));
+        assert_eq!(seen, [(Kind::Email, "jane@example.com".to_string())]);
+        for text in CLEAN {
+            let all = format!("{text} jane@example.com {text}");
+            let once = redact(&all, Kinds::all(), &mut placeholder).unwrap();
+            assert_eq!(once, format!("{text} [email] {text}"));
+            assert_eq!(redact(&once, Kinds::all(), &mut placeholder), None);
+        }
+    }
+
+    #[test]
+    fn validators() {
+        assert!(luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+        assert!(mod97(b"GB82WEST12345698765432"));
+        assert!(!mod97(b"GB83WEST12345698765432"));
+        assert_eq!(iban_len(b"DE"), Some(22));
+        assert_eq!(iban_len(b"ZZ"), None);
+        assert_eq!(IBAN_LENGTHS.len() % 4, 0);
+    }
+
+    fn check(text: &str) {
+        let mut out = Vec::new();
+        find(text, Kinds::all(), &mut out);
+        for w in out.windows(2) {
+            assert!(w[0].end <= w[1].start, "{text:?}: {out:?}");
+        }
+        for f in &out {
+            assert!(f.start < f.end && f.end <= text.len(), "{text:?}: {f:?}");
+            assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end));
+        }
+        assert_eq!(any(text, Kinds::all()), !out.is_empty(), "{text:?}");
+        assert_eq!(
+            redact(text, Kinds::all(), &mut placeholder).is_some(),
+            !out.is_empty()
+        );
+    }
+
+    #[test]
+    fn edges_do_not_panic() {
+        let edges = [
+            "",
+            "1-",
+            "1 ",
+            "1%20",
+            "(",
+            "(5",
+            "(555)",
+            "+",
+            "%",
+            "%2",
+            "%2B",
+            "%40",
+            "@",
+            "a@",
+            "@b.co",
+            "a@b.",
+            "::",
+            ":::",
+            "eyJ",
+            "eyJ.",
+            "Bearer ",
+            "bearer%20",
+            "?",
+            "?=",
+            "#a=",
+            "?token=",
+            "?%3D",
+            "DE89",
+            "DE89 ",
+            "4111 ",
+            "4111-1111-1111-1111-",
+            "1.2.3.",
+            "é@é.é",
+        ];
+        for text in edges {
+            check(text);
+        }
+        // Long values: the flag bits wrap and the 16-bit counts carry; both must stay harmless.
+        let long = format!(
+            "{} jane@example.com {}",
+            "@ ".repeat(40_000),
+            "4".repeat(70_000)
+        );
+        check(&long);
+        assert_eq!(found(&long), [(Kind::Email, "jane@example.com")]);
+    }
+
+    proptest! {
+        #[test]
+        fn find_is_well_formed(text in proptest::arbitrary::any::<String>()) {
+            check(&text);
+        }
+
+        #[test]
+        fn find_is_well_formed_on_trigger_soup(
+            parts in proptest::collection::vec(prop_oneof![
+                "[0-9]{1,5}",
+                "[ .:@%+=&?#;()\\-]",
+                Just("%40".to_string()), Just("%2B".to_string()), Just("%3D".to_string()),
+                Just("%26".to_string()), Just("%3F".to_string()), Just("eyJ".to_string()),
+                Just("Bearer ".to_string()), Just("token=".to_string()), Just("DE89".to_string()),
+                Just("4111".to_string()), Just("é".to_string()), Just("::".to_string()),
+                Just("%20".to_string()), Just("555".to_string()), Just("[email]".to_string()),
+                Just("%5B".to_string()), Just("Bearer%20".to_string()), Just("1".to_string()),
+                "[a-zA-Z]{1,6}",
+            ], 0..40),
+        ) {
+            check(&parts.concat());
+        }
+    }
+
+    /// `cargo test --release -- --ignored --nocapture detect::tests::timing`
+    #[test]
+    #[ignore]
+    fn timing() {
+        let rounds = 200_000;
+        let mut out = Vec::with_capacity(8);
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            for text in CLEAN {
+                find(std::hint::black_box(text), Kinds::all(), &mut out);
+                out.clear();
+            }
+        }
+        let per = start.elapsed().as_nanos() as f64 / (rounds * CLEAN.len()) as f64;
+        let short = [
+            "Example Shop",
+            "en-us",
+            "user_42",
+            "customer-98765",
+            "ORD-99812",
+        ];
+        let start = std::time::Instant::now();
+        for _ in 0..rounds * 4 {
+            for text in short {
+                find(std::hint::black_box(text), Kinds::all(), &mut out);
+            }
+        }
+        let per_short = start.elapsed().as_nanos() as f64 / (rounds * 4 * short.len()) as f64;
+        println!(
+            "find: {per:.1} ns/call over {} clean values; {per_short:.1} ns/call short values without triggers",
+            CLEAN.len()
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Stage 4, rules: a route's compiled [`Program`] (its shared rule sets, then its own rules,
+//! then the personal-data scan) applied to a decoded [`Doc`].
+//!
+//! Rules run in order. A rule whose conditions read an event's own fields (event name,
+//! present/equals/matches) is checked and applied per event: per GA4 batch line, per element
+//! of the route's `events` array. Other rules (consent, `Sec-GPC`, client address, bots) are
+//! checked once and applied to every part. `drop_request` on a per-event rule removes just
+//! those events; when none is left, or on a request-level rule, the request is not forwarded.
+
+pub mod action;
+pub mod cond;
+pub mod detect;
+pub mod scan;
+pub mod select;
+pub mod walk;
+
+use action::{Action, HmacKey};
+use cond::{Cond, Ctx, EventView};
+use select::Selector;
+
+use crate::decode::{self, DecodeError, Doc, Origin, Value};
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Shown by `explain` and in test failures: the rule's `name`, or its action and fields.
+    pub label: String,
+    /// `file:line` of the rule.
+    pub at: String,
+    pub action: Action,
+    pub when: Vec<Cond>,
+    pub unless: Vec<Cond>,
+}
+
+impl Rule {
+    fn per_event(&self) -> bool {
+        self.when.iter().chain(&self.unless).any(Cond::per_event)
+    }
+}
+
+/// Everything a route does to payloads.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub codec: decode::Codec,
+    pub rules: Vec<Rule>,
+    pub scan: Option<scan::Scan>,
+    /// Where the events of a JSON body are (`batch[*]`, `[*]`, `events[*]`); body selectors are
+    /// then relative to each event.
+    pub events: Option<Selector>,
+    /// The field holding an event's name.
+    pub event_field: Selector,
+    /// Fields that carry a document (JSON, base64 of JSON).
+    pub nested: Vec<Selector>,
+}
+
+/// What to do with the request after the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Forward,
+    /// Not forwarded; the label of the rule that said so.
+    Drop(String),
+}
+
+/// The places a rule acts on: a part, or one event inside the body part.
+#[derive(Debug, Clone)]
+struct Target {
+    part: usize,
+    /// Index path of the event inside the part (empty: the whole part).
+    path: Vec<usize>,
+}
+
+impl Program {
+    /// A program that does nothing (plain relay).
+    pub fn empty() -> Program {
+        Program {
+            codec: decode::Codec::Auto,
+            rules: vec![],
+            scan: None,
+            events: None,
+            event_field: Selector::parse("event").expect("valid selector"),
+            nested: vec![],
+        }
+    }
+
+    /// Whether the program has nothing to do (the relay can skip decoding entirely).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.scan.is_none()
+    }
+
+    /// Decodes the route's nested fields in place.
+    pub fn prepare(&self, doc: &mut Doc<'_>) -> Result<(), DecodeError> {
+        if self.nested.is_empty() {
+            return Ok(());
+        }
+        for part in &mut doc.parts {
+            let mut err = None;
+            let in_body = part.origin != Origin::Query;
+            walk::visit(
+                &mut part.root,
+                part.flat,
+                &self.nested,
+                in_body,
+                &mut |key, v| {
+                    if let Value::Str(s) = v {
+                        if let Err(e) = decode::decode_nested(key, s) {
+                            err.get_or_insert(e);
+                        }
+                    }
+                    false
+                },
+            );
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the rules and the scan.
+    pub fn run(&self, doc: &mut Doc<'_>, ctx: &Ctx<'_>, key: &HmacKey) -> Outcome {
+        for rule in &self.rules {
+            if let Some(out) = self.apply_rule(rule, doc, ctx, key) {
+                return out;
+            }
+        }
+        if let Some(s) = &self.scan {
+            scan::run(doc, s, key);
+        }
+        Outcome::Forward
+    }
+
+    /// Like [`Program::run`], calling `after(label, doc)` after each rule and after the scan
+    /// (what `tagway explain` uses to attribute each change to its rule).
+    pub fn run_observed(
+        &self,
+        doc: &mut Doc<'_>,
+        ctx: &Ctx<'_>,
+        key: &HmacKey,
+        after: &mut dyn FnMut(&str, &Doc<'_>),
+    ) -> Outcome {
+        for rule in &self.rules {
+            let out = self.apply_rule(rule, doc, ctx, key);
+            after(&format!("{} ({})", rule.label, rule.at), doc);
+            if let Some(out) = out {
+                return out;
+            }
+        }
+        if let Some(s) = &self.scan {
+            scan::run(doc, s, key);
+            after("personal-data scan", doc);
+        }
+        Outcome::Forward
+    }
+
+    fn apply_rule(
+        &self,
+        rule: &Rule,
+        doc: &mut Doc<'_>,
+        ctx: &Ctx<'_>,
+        key: &HmacKey,
+    ) -> Option<Outcome> {
+        if !rule.per_event() {
+            let layers: Vec<(&Value<'_>, bool)> =
+                doc.parts.iter().map(|p| (&p.root, p.flat)).collect();
+            if !self.conds_hold(rule, ctx, doc, &EventView { layers: &layers }) {
+                return None;
+            }
+            if let Action::DropRequest = rule.action {
+                return Some(Outcome::Drop(rule.label.clone()));
+            }
+            for t in self.targets(doc, true) {
+                apply_at(&rule.action, doc, &t, ctx, key);
+            }
+            return None;
+        }
+        let events = self.targets(doc, false);
+        let mut hits = Vec::new();
+        for t in &events {
+            let own = walk::at(&doc.parts[t.part].root, &t.path);
+            let mut layers = Vec::with_capacity(2);
+            if let Some(v) = own {
+                layers.push((v, doc.parts[t.part].flat));
+            }
+            if t.part != 0 {
+                layers.push((&doc.parts[0].root, true));
+            }
+            if self.conds_hold(rule, ctx, doc, &EventView { layers: &layers }) {
+                hits.push(t.clone());
+            }
+        }
+        if let Action::DropRequest = rule.action {
+            if !hits.is_empty() && hits.len() == events.len() {
+                return Some(Outcome::Drop(rule.label.clone()));
+            }
+            drop_events(doc, hits);
+            return None;
+        }
+        for t in &hits {
+            apply_at(&rule.action, doc, t, ctx, key);
+        }
+        None
+    }
+
+    /// `when`: all hold. `unless`: the rule is skipped when all of them hold.
+    fn conds_hold(
+        &self,
+        rule: &Rule,
+        ctx: &Ctx<'_>,
+        doc: &Doc<'_>,
+        ev: &EventView<'_, '_>,
+    ) -> bool {
+        let all = |cs: &[Cond]| {
+            cs.iter()
+                .all(|c| cond::holds(c, ctx, doc, ev, &self.event_field))
+        };
+        all(&rule.when) && (rule.unless.is_empty() || !all(&rule.unless))
+    }
+
+    /// Where rules act. `all`: every part (events of a JSON body, or the whole body); else
+    /// only the events (GA4 lines; JSON `events`; otherwise the request as one event).
+    fn targets(&self, doc: &Doc<'_>, all: bool) -> Vec<Target> {
+        let mut out = Vec::new();
+        let lines = doc
+            .parts
+            .iter()
+            .any(|p| matches!(p.origin, Origin::Line(_)));
+        for (i, p) in doc.parts.iter().enumerate() {
+            match (&self.events, p.flat) {
+                (Some(ev), false) => {
+                    for path in walk::paths(&p.root, &ev.steps) {
+                        out.push(Target { part: i, path });
+                    }
+                }
+                _ if all => out.push(Target {
+                    part: i,
+                    path: vec![],
+                }),
+                _ if lines && matches!(p.origin, Origin::Line(_)) => out.push(Target {
+                    part: i,
+                    path: vec![],
+                }),
+                _ => {}
+            }
+        }
+        if !all && out.is_empty() {
+            // The request is the one event: rules act on every part.
+            out = (0..doc.parts.len())
+                .map(|part| Target { part, path: vec![] })
+                .collect();
+        }
+        out
+    }
+}
+
+fn apply_at(action: &Action, doc: &mut Doc<'_>, t: &Target, ctx: &Ctx<'_>, key: &HmacKey) {
+    let part = &mut doc.parts[t.part];
+    let (flat, in_body) = (part.flat, part.origin != Origin::Query);
+    if walk::at_mut(&mut part.root, &t.path, &mut |v| {
+        action::apply(action, v, flat, in_body, ctx, key)
+    }) {
+        part.changed = true;
+    }
+}
+
+/// Removes events: GA4 lines, or elements of a JSON body's events array.
+fn drop_events(doc: &mut Doc<'_>, hits: Vec<Target>) {
+    let mut lines: Vec<usize> = Vec::new();
+    let mut by_part: Vec<(usize, Vec<Vec<usize>>)> = Vec::new();
+    for t in hits {
+        if t.path.is_empty() {
+            lines.push(t.part);
+        } else {
+            match by_part.iter_mut().find(|(p, _)| *p == t.part) {
+                Some((_, v)) => v.push(t.path),
+                None => by_part.push((t.part, vec![t.path])),
+            }
+        }
+    }
+    for (p, paths) in by_part {
+        if walk::remove_at(&mut doc.parts[p].root, paths) {
+            doc.parts[p].changed = true;
+        }
+    }
+    if !lines.is_empty() {
+        let mut i = 0;
+        doc.parts.retain(|_| {
+            let keep = !lines.contains(&i);
+            i += 1;
+            keep
+        });
+        // A removed line changes the body: mark a remaining line (or write an empty body).
+        if let Some(p) = doc.parts.iter_mut().find(|p| p.origin != Origin::Query) {
+            p.changed = true;
+        }
+        if let decode::Frame::Lines { spaces, .. } = &mut doc.frame {
+            let mut i = 0;
+            spaces.retain(|_| {
+                i += 1;
+                !lines.contains(&i)
+            });
+        }
+    }
+}

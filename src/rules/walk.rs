@@ -1,0 +1,602 @@
+//! Finding what a selector matches inside one part and changing it in place. Every function
+//! reports whether it changed anything, and clears the saved original text (`raw`) of each
+//! container on the way back up, so the encoder re-encodes exactly the changed containers
+//! and writes everything else as it came.
+
+use std::borrow::Cow;
+
+use super::select::{ByteSet, KeyPat, Selector, Step};
+use crate::decode::{Str, Value};
+
+/// Calls `f` on every value a selector of `sels` (those that apply to this part) matches
+/// under `root`. Flat parts take one pass over their fields whatever the number of selectors.
+pub fn visit<'a>(
+    root: &mut Value<'a>,
+    flat: bool,
+    sels: &[Selector],
+    in_body: bool,
+    f: &mut dyn FnMut(&str, &mut Value<'a>) -> bool,
+) -> bool {
+    let mut changed = false;
+    match root {
+        Value::Obj(obj) if flat => {
+            let admit = admitted(sels, in_body);
+            for e in &mut obj.entries {
+                if !admit.admits(&e.key) {
+                    continue;
+                }
+                for sel in sels
+                    .iter()
+                    .filter(|s| s.applies(in_body) && s.first.admits(&e.key))
+                {
+                    if sel.flat.matches(&e.key) {
+                        changed |= f(&e.key, &mut e.value);
+                        break;
+                    }
+                    for (kp, steps) in &sel.nested {
+                        if kp.matches(&e.key) {
+                            changed |= into_nested(&mut e.value, steps, f);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            for sel in sels.iter().filter(|s| s.applies(in_body)) {
+                changed |= walk(root, &sel.steps, "", f);
+            }
+        }
+    }
+    changed
+}
+
+/// The bytes a field's key may start with to be matched by any of `sels`.
+fn admitted(sels: &[Selector], in_body: bool) -> ByteSet {
+    sels.iter()
+        .filter(|s| s.applies(in_body))
+        .fold(ByteSet::default(), |acc, s| acc.union(s.first))
+}
+
+/// Continues a path inside the document a string carries.
+fn into_nested<'a>(
+    v: &mut Value<'a>,
+    steps: &[Step],
+    f: &mut dyn FnMut(&str, &mut Value<'a>) -> bool,
+) -> bool {
+    let Value::Str(s) = v else { return false };
+    let Some(n) = s.nested.as_mut() else {
+        return false;
+    };
+    let changed = walk(&mut n.root, steps, "", f);
+    if changed {
+        s.raw = None;
+    }
+    changed
+}
+
+fn walk<'a>(
+    v: &mut Value<'a>,
+    steps: &[Step],
+    key: &str,
+    f: &mut dyn FnMut(&str, &mut Value<'a>) -> bool,
+) -> bool {
+    let Some((step, rest)) = steps.split_first() else {
+        return f(key, v);
+    };
+    let changed = match (step, &mut *v) {
+        (Step::AnyDepth, _) => {
+            let mut c = walk(v, rest, key, f);
+            c |= children(v, &mut |k, child| walk(child, steps, k, f));
+            c
+        }
+        (Step::Key(p), Value::Obj(o)) => {
+            let mut c = false;
+            for e in &mut o.entries {
+                if p.matches(&e.key) {
+                    c |= walk(&mut e.value, rest, &e.key, f);
+                }
+            }
+            c
+        }
+        (Step::Index(i), Value::Arr(a)) => a
+            .items
+            .get_mut(*i)
+            .is_some_and(|item| walk(item, rest, key, f)),
+        (Step::AnyIndex, Value::Arr(a)) => {
+            let mut c = false;
+            for item in &mut a.items {
+                c |= walk(item, rest, key, f);
+            }
+            c
+        }
+        // A path that continues into a string: the document it carries, if any.
+        (_, Value::Str(_)) => return into_nested(v, steps, f),
+        _ => false,
+    };
+    if changed {
+        v.touch();
+    }
+    changed
+}
+
+/// Calls `f` on each direct child (object members, array items, a string's nested root).
+fn children<'a>(v: &mut Value<'a>, f: &mut dyn FnMut(&str, &mut Value<'a>) -> bool) -> bool {
+    let mut c = false;
+    match v {
+        Value::Obj(o) => {
+            for e in &mut o.entries {
+                c |= f(&e.key, &mut e.value);
+            }
+        }
+        Value::Arr(a) => {
+            for item in &mut a.items {
+                c |= f("", item);
+            }
+        }
+        Value::Str(s) => {
+            if let Some(n) = s.nested.as_mut() {
+                c = f("", &mut n.root);
+                if c {
+                    s.raw = None;
+                }
+            }
+        }
+        Value::Lit(_) => {}
+    }
+    if c {
+        v.touch();
+    }
+    c
+}
+
+/// Removes every field a selector of `sels` matches; `seen` gets each removed key and value.
+pub fn remove<'a>(
+    root: &mut Value<'a>,
+    flat: bool,
+    sels: &[Selector],
+    in_body: bool,
+    seen: &mut dyn FnMut(&str, &Value<'a>),
+) -> bool {
+    if !flat {
+        let mut c = false;
+        for sel in sels.iter().filter(|s| s.applies(in_body)) {
+            c |= remove_path(root, &sel.steps, seen);
+        }
+        return c;
+    }
+    let Value::Obj(obj) = root else { return false };
+    let admit = admitted(sels, in_body);
+    let before = obj.entries.len();
+    obj.entries.retain(|e| {
+        let hit = admit.admits(&e.key)
+            && sels
+                .iter()
+                .any(|s| s.applies(in_body) && s.flat.matches(&e.key));
+        if hit {
+            seen(&e.key, &e.value);
+        }
+        !hit
+    });
+    let mut changed = obj.entries.len() != before;
+    for e in &mut obj.entries {
+        if !admit.admits(&e.key) {
+            continue;
+        }
+        for sel in sels.iter().filter(|s| s.applies(in_body)) {
+            for (kp, steps) in &sel.nested {
+                if !kp.matches(&e.key) {
+                    continue;
+                }
+                if let Value::Str(s) = &mut e.value {
+                    if let Some(n) = s.nested.as_mut() {
+                        if remove_path(&mut n.root, steps, seen) {
+                            s.raw = None;
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    changed
+}
+
+fn remove_path<'a>(
+    v: &mut Value<'a>,
+    steps: &[Step],
+    seen: &mut dyn FnMut(&str, &Value<'a>),
+) -> bool {
+    let Some((step, rest)) = steps.split_first() else {
+        return false;
+    };
+    let changed = match (step, &mut *v) {
+        (Step::AnyDepth, _) => {
+            let mut c = remove_path(v, rest, seen);
+            c |= children(v, &mut |_, child| remove_path(child, steps, seen));
+            c
+        }
+        (Step::Key(p), Value::Obj(o)) if rest.is_empty() => {
+            let before = o.entries.len();
+            o.entries.retain(|e| {
+                let hit = p.matches(&e.key);
+                if hit {
+                    seen(&e.key, &e.value);
+                }
+                !hit
+            });
+            o.entries.len() != before
+        }
+        (Step::Key(p), Value::Obj(o)) => {
+            let mut c = false;
+            for e in &mut o.entries {
+                if p.matches(&e.key) {
+                    c |= remove_path(&mut e.value, rest, seen);
+                }
+            }
+            c
+        }
+        (Step::Index(i), Value::Arr(a)) if rest.is_empty() && *i < a.items.len() => {
+            seen("", &a.items[*i]);
+            a.items.remove(*i);
+            true
+        }
+        (Step::Index(_), Value::Arr(_)) if rest.is_empty() => false,
+        (Step::AnyIndex, Value::Arr(a)) if rest.is_empty() => {
+            a.items.iter().for_each(|item| seen("", item));
+            let c = !a.items.is_empty();
+            a.items.clear();
+            c
+        }
+        (Step::Index(i), Value::Arr(a)) => a
+            .items
+            .get_mut(*i)
+            .is_some_and(|item| remove_path(item, rest, seen)),
+        (Step::AnyIndex, Value::Arr(a)) => {
+            let mut c = false;
+            for item in &mut a.items {
+                c |= remove_path(item, rest, seen);
+            }
+            c
+        }
+        (_, Value::Str(s)) => match s.nested.as_mut() {
+            Some(n) => {
+                let c = remove_path(&mut n.root, steps, seen);
+                if c {
+                    s.raw = None;
+                }
+                return c;
+            }
+            None => false,
+        },
+        _ => false,
+    };
+    if changed {
+        v.touch();
+    }
+    changed
+}
+
+/// Keeps only the fields some selector matches (and the containers on the way to them).
+pub fn retain<'a>(
+    root: &mut Value<'a>,
+    flat: bool,
+    sels: &[Selector],
+    in_body: bool,
+    seen: &mut dyn FnMut(&str, &Value<'a>),
+) -> bool {
+    if flat {
+        let Value::Obj(obj) = root else { return false };
+        let before = obj.entries.len();
+        obj.entries.retain(|e| {
+            let keep = sels.iter().filter(|s| s.applies(in_body)).any(|s| {
+                s.first.admits(&e.key)
+                    && (s.flat.matches(&e.key) || s.nested.iter().any(|(k, _)| k.matches(&e.key)))
+            });
+            if !keep {
+                seen(&e.key, &e.value);
+            }
+            keep
+        });
+        return obj.entries.len() != before;
+    }
+    let paths: Vec<&[Step]> = sels
+        .iter()
+        .filter(|s| s.applies(in_body))
+        .map(|s| s.steps.as_slice())
+        .collect();
+    retain_paths(root, &paths, seen)
+}
+
+fn retain_paths<'a>(
+    v: &mut Value<'a>,
+    paths: &[&[Step]],
+    seen: &mut dyn FnMut(&str, &Value<'a>),
+) -> bool {
+    // A path that ends here or goes on with `**` keeps this whole subtree.
+    if paths.iter().any(|p| p.is_empty() || p[0] == Step::AnyDepth) {
+        return false;
+    }
+    let changed = match v {
+        Value::Obj(o) => {
+            let mut c = false;
+            let mut i = 0;
+            while i < o.entries.len() {
+                let next: Vec<&[Step]> = paths
+                    .iter()
+                    .filter_map(|p| match &p[0] {
+                        Step::Key(k) if k.matches(&o.entries[i].key) => Some(&p[1..]),
+                        _ => None,
+                    })
+                    .collect();
+                if next.is_empty() {
+                    seen(&o.entries[i].key, &o.entries[i].value);
+                    o.entries.remove(i);
+                    c = true;
+                    continue;
+                }
+                c |= retain_paths(&mut o.entries[i].value, &next, seen);
+                i += 1;
+            }
+            c
+        }
+        Value::Arr(a) => {
+            let mut c = false;
+            let mut i = 0;
+            while i < a.items.len() {
+                let next: Vec<&[Step]> = paths
+                    .iter()
+                    .filter_map(|p| match &p[0] {
+                        Step::AnyIndex => Some(&p[1..]),
+                        Step::Index(n) if *n == i => Some(&p[1..]),
+                        _ => None,
+                    })
+                    .collect();
+                if next.is_empty() {
+                    seen("", &a.items[i]);
+                    a.items.remove(i);
+                    c = true;
+                    continue;
+                }
+                c |= retain_paths(&mut a.items[i], &next, seen);
+                i += 1;
+            }
+            c
+        }
+        _ => false,
+    };
+    if changed {
+        v.touch();
+    }
+    changed
+}
+
+/// The first value `sel` matches, for reading (conditions, templates).
+pub fn first<'v, 'a>(root: &'v Value<'a>, flat: bool, sel: &Selector) -> Option<&'v Value<'a>> {
+    if flat {
+        let Value::Obj(obj) = root else { return None };
+        if let Some(e) = obj.entries.iter().find(|e| sel.flat.matches(&e.key)) {
+            return Some(&e.value);
+        }
+        for e in &obj.entries {
+            for (kp, steps) in &sel.nested {
+                if kp.matches(&e.key) {
+                    if let Value::Str(Str {
+                        nested: Some(n), ..
+                    }) = &e.value
+                    {
+                        if let Some(v) = find(&n.root, steps) {
+                            return Some(v);
+                        }
+                    }
+                }
+            }
+        }
+        return None;
+    }
+    find(root, &sel.steps)
+}
+
+fn find<'v, 'a>(v: &'v Value<'a>, steps: &[Step]) -> Option<&'v Value<'a>> {
+    let Some((step, rest)) = steps.split_first() else {
+        return Some(v);
+    };
+    match (step, v) {
+        (Step::AnyDepth, _) => find(v, rest).or_else(|| match v {
+            Value::Obj(o) => o.entries.iter().find_map(|e| find(&e.value, steps)),
+            Value::Arr(a) => a.items.iter().find_map(|i| find(i, steps)),
+            _ => None,
+        }),
+        (Step::Key(p), Value::Obj(o)) => o
+            .entries
+            .iter()
+            .filter(|e| p.matches(&e.key))
+            .find_map(|e| find(&e.value, rest)),
+        (Step::Index(i), Value::Arr(a)) => a.items.get(*i).and_then(|item| find(item, rest)),
+        (Step::AnyIndex, Value::Arr(a)) => a.items.iter().find_map(|item| find(item, rest)),
+        (
+            _,
+            Value::Str(Str {
+                nested: Some(n), ..
+            }),
+        ) => find(&n.root, steps),
+        _ => None,
+    }
+}
+
+/// Sets an exact field (creating the path in JSON objects as needed).
+pub fn set<'a>(root: &mut Value<'a>, flat: bool, sel: &Selector, value: Value<'a>) -> bool {
+    if flat {
+        let (Value::Obj(obj), KeyPat::Exact(k)) = (root, &sel.flat) else {
+            return false;
+        };
+        obj.set(Cow::Owned(k.clone()), value);
+        return true;
+    }
+    set_path(root, &sel.steps, value)
+}
+
+fn set_path<'a>(v: &mut Value<'a>, steps: &[Step], value: Value<'a>) -> bool {
+    let Some((Step::Key(KeyPat::Exact(k)), rest)) = steps.split_first() else {
+        return false;
+    };
+    let Value::Obj(o) = v else { return false };
+    let changed = if rest.is_empty() {
+        o.set(Cow::Owned(k.clone()), value);
+        true
+    } else {
+        if o.get(k).is_none() {
+            o.entries.push(crate::decode::Entry {
+                key: Cow::Owned(k.clone()),
+                raw_key: None,
+                value: Value::Obj(Default::default()),
+                bare: false,
+            });
+        }
+        o.get_mut(k)
+            .is_some_and(|child| set_path(child, rest, value))
+    };
+    if changed {
+        v.touch();
+    }
+    changed
+}
+
+/// Renames exact field `sel` to `to` (same container).
+pub fn rename(root: &mut Value<'_>, flat: bool, sel: &Selector, to: &str) -> bool {
+    let (container, last) = if flat {
+        (Some(root), &sel.flat)
+    } else {
+        match sel.steps.split_last() {
+            Some((Step::Key(last), parent)) => (find_mut(root, parent), last),
+            _ => return false,
+        }
+    };
+    let Some(Value::Obj(o)) = container else {
+        return false;
+    };
+    let mut changed = false;
+    for e in &mut o.entries {
+        if last.matches(&e.key) {
+            e.key = Cow::Owned(to.to_string());
+            e.raw_key = None;
+            changed = true;
+        }
+    }
+    if changed {
+        o.raw = None;
+    }
+    changed
+}
+
+fn find_mut<'v, 'a>(v: &'v mut Value<'a>, steps: &[Step]) -> Option<&'v mut Value<'a>> {
+    let Some((step, rest)) = steps.split_first() else {
+        return Some(v);
+    };
+    v.touch();
+    match (step, v) {
+        (Step::Key(KeyPat::Exact(k)), Value::Obj(o)) => {
+            o.get_mut(k).and_then(|c| find_mut(c, rest))
+        }
+        (Step::Index(i), Value::Arr(a)) => a.items.get_mut(*i).and_then(|c| find_mut(c, rest)),
+        _ => None,
+    }
+}
+
+/// Index paths (object entry / array item positions) of every value `steps` match.
+pub fn paths(root: &Value<'_>, steps: &[Step]) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    collect_paths(root, steps, &mut cur, &mut out);
+    out
+}
+
+fn collect_paths(v: &Value<'_>, steps: &[Step], cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+    let Some((step, rest)) = steps.split_first() else {
+        out.push(cur.clone());
+        return;
+    };
+    match (step, v) {
+        (Step::Key(p), Value::Obj(o)) => {
+            for (i, e) in o.entries.iter().enumerate() {
+                if p.matches(&e.key) {
+                    cur.push(i);
+                    collect_paths(&e.value, rest, cur, out);
+                    cur.pop();
+                }
+            }
+        }
+        (Step::Index(n), Value::Arr(a)) if *n < a.items.len() => {
+            cur.push(*n);
+            collect_paths(&a.items[*n], rest, cur, out);
+            cur.pop();
+        }
+        (Step::AnyIndex, Value::Arr(a)) => {
+            for (i, item) in a.items.iter().enumerate() {
+                cur.push(i);
+                collect_paths(item, rest, cur, out);
+                cur.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The value at an index path.
+pub fn at<'v, 'a>(v: &'v Value<'a>, path: &[usize]) -> Option<&'v Value<'a>> {
+    let Some((&i, rest)) = path.split_first() else {
+        return Some(v);
+    };
+    match v {
+        Value::Obj(o) => o.entries.get(i).and_then(|e| at(&e.value, rest)),
+        Value::Arr(a) => a.items.get(i).and_then(|x| at(x, rest)),
+        _ => None,
+    }
+}
+
+/// The value at an index path, for changing it: every container on the way is marked changed
+/// when `f` reports a change.
+pub fn at_mut<'a>(
+    v: &mut Value<'a>,
+    path: &[usize],
+    f: &mut dyn FnMut(&mut Value<'a>) -> bool,
+) -> bool {
+    let Some((&i, rest)) = path.split_first() else {
+        return f(v);
+    };
+    let changed = match v {
+        Value::Obj(o) => o
+            .entries
+            .get_mut(i)
+            .is_some_and(|e| at_mut(&mut e.value, rest, f)),
+        Value::Arr(a) => a.items.get_mut(i).is_some_and(|x| at_mut(x, rest, f)),
+        _ => false,
+    };
+    if changed {
+        v.touch();
+    }
+    changed
+}
+
+/// Removes the values at the given index paths (deepest and last first, so that earlier
+/// paths stay valid).
+pub fn remove_at(root: &mut Value<'_>, mut paths: Vec<Vec<usize>>) -> bool {
+    paths.sort();
+    let mut changed = false;
+    for p in paths.iter().rev() {
+        let Some((&last, parent)) = p.split_last() else {
+            continue;
+        };
+        changed |= at_mut(root, parent, &mut |v| match v {
+            Value::Arr(a) if last < a.items.len() => {
+                a.items.remove(last);
+                true
+            }
+            Value::Obj(o) if last < o.entries.len() => {
+                o.entries.remove(last);
+                true
+            }
+            _ => false,
+        });
+    }
+    changed
+}

@@ -1,0 +1,75 @@
+//! Stages 3–5 for one request: decode → rules → encode. Used by the proxy on the request
+//! path, and by `tagway explain` / `tagway test`, which observe the document after each rule.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+
+use crate::decode::{self, DecodeError, Doc, Input};
+use crate::encode;
+use crate::rules::Outcome;
+use crate::rules::cond::Ctx;
+use crate::ruleset::{Route, RuleSet};
+
+/// What the rules made of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Processed {
+    /// Forward, with a new query string and/or body where they changed (`None`: as received).
+    Forward {
+        query: Option<String>,
+        body: Option<Bytes>,
+    },
+    /// Do not forward; the label of the rule that decided.
+    Dropped(String),
+}
+
+/// Sees the document at each step of [`process`] (for `explain` and the inspector).
+pub type Observer<'o> = &'o mut dyn FnMut(&str, &Doc<'_>);
+
+/// Decodes, applies the route's program and encodes. `observe` sees the document as
+/// received (label `received`), after each rule, and after the scan.
+pub fn process(
+    rules: &RuleSet,
+    route: &Route,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    client_ip: IpAddr,
+    observe: Option<Observer<'_>>,
+) -> Result<Processed, DecodeError> {
+    let program = &route.program;
+    let content_encoding = headers.get(CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let input = if program.codec == decode::Codec::Opaque {
+        Input {
+            body: std::borrow::Cow::Borrowed(body),
+            wrap: None,
+        }
+    } else {
+        Input::unwrap(body, content_encoding)?
+    };
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let mut doc = decode::decode(query, &input, content_type, program.codec)?;
+    program.prepare(&mut doc)?;
+    let ctx = Ctx {
+        headers,
+        client_ip,
+        site: &rules.inputs,
+    };
+    let outcome = match observe {
+        Some(f) => {
+            f("received", &doc);
+            program.run_observed(&mut doc, &ctx, &rules.key, f)
+        }
+        None => program.run(&mut doc, &ctx, &rules.key),
+    };
+    if let Outcome::Drop(label) = outcome {
+        return Ok(Processed::Dropped(label));
+    }
+    let enc = encode::encode(&doc);
+    Ok(Processed::Forward {
+        query: enc.query,
+        body: enc.body.map(Bytes::from),
+    })
+}

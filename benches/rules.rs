@@ -15,6 +15,10 @@ use tagway::config::{RuleText, RulesSource, load};
 use tagway::route::Lookup;
 use tagway::transform::{Processed, process};
 
+// The gateway binary runs on mimalloc; measure with the same allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const GA4_QUERY: &str = include_str!("../bench/payloads/w1-query.txt");
 
 const POSTHOG_RULES: &str = r#"

@@ -263,7 +263,11 @@ impl<'a> Parser<'a> {
         }
         self.i += 1;
         let (entries, raw) = (self.entries.split_off(base), Some(&self.src[start..self.i]));
-        Ok(Value::Obj(Obj { entries, raw }))
+        Ok(Value::Obj(Obj {
+            entries,
+            raw,
+            source: None,
+        }))
     }
 
     fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {

@@ -139,7 +139,14 @@ pub fn decode<'a>(body: &'a str, boundary: &str) -> Result<(Obj<'a>, Layout<'a>)
         at = next + delim.len();
     }
     layout.epilogue = &body[at + 2..];
-    Ok((Obj { entries, raw: None }, layout))
+    Ok((
+        Obj {
+            entries,
+            raw: None,
+            source: None,
+        },
+        layout,
+    ))
 }
 
 /// The part after the delimiter ending at `at`: its entry, its layout and where the next

@@ -5,16 +5,7 @@
 
 use std::borrow::Cow;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-
 use super::value::{Entry, Obj, Str, Value};
-
-/// Bytes left as they are when encoding a changed value: RFC 3986 unreserved characters.
-const VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// How spaces were written in the original (and are written in changed values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,70 +19,122 @@ pub enum Spaces {
 
 /// Decodes `a=1&b=2` into an object. `+` is read as a space, as browsers' URLSearchParams do.
 /// Never fails: malformed escapes are kept as text.
+///
+/// This runs for every hit, so it is one pass over the bytes with a class table: pairs are
+/// split at `&` and `=`, and only components that contain `%` or `+` are copied and
+/// unescaped.
 pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
-    let mut entries = Vec::with_capacity(s.len() / 16 + 1);
+    let b = s.as_bytes();
+    let mut entries = Vec::with_capacity(memchr::memchr_iter(b'&', b).count() + 1);
     let mut plus = false;
-    for pair in s.split('&') {
-        if pair.is_empty() {
-            // `a=1&&b=2`: keep the empty pair so the text round-trips.
-            entries.push(Entry {
-                key: Cow::Borrowed(""),
-                raw_key: Some(""),
-                value: Value::Str(Str::decoded(Cow::Borrowed(""), "")),
-                bare: true,
-            });
-            continue;
+    let mut start = 0;
+    loop {
+        // One pair: up to the next `&`, noting the first `=` and any escapes on either side.
+        let (mut i, mut eq, mut esc) = (start, usize::MAX, [false; 2]);
+        while i < b.len() {
+            match CLASS[b[i] as usize] {
+                0 => {}
+                AMP => break,
+                EQ if eq == usize::MAX => eq = i,
+                EQ => {}
+                _ => esc[(eq != usize::MAX) as usize] = true,
+            }
+            i += 1;
         }
-        let (k, v, bare) = match pair.split_once('=') {
-            Some((k, v)) => (k, v, false),
-            None => (pair, "", true),
+        // `&` and `=` are ASCII, so every slice here is on a character boundary.
+        let (k, v, bare) = if eq == usize::MAX {
+            // `a=1&&b=2` and `…&debug&…`: kept as bare keys so the text round-trips.
+            (&s[start..i], "", true)
+        } else {
+            (&s[start..eq], &s[eq + 1..i], false)
         };
-        plus |= v.contains('+');
         entries.push(Entry {
-            key: unescape(k),
+            key: if esc[0] {
+                unescape_flag(k, &mut false)
+            } else {
+                Cow::Borrowed(k)
+            },
             raw_key: Some(k),
-            value: Value::Str(Str::decoded(unescape(v), v)),
+            value: Value::Str(Str::decoded(
+                if esc[1] {
+                    unescape_flag(v, &mut plus)
+                } else {
+                    Cow::Borrowed(v)
+                },
+                v,
+            )),
             bare,
         });
+        if i >= b.len() {
+            break;
+        }
+        start = i + 1;
     }
     (
-        Obj { entries, raw: None },
+        Obj {
+            entries,
+            raw: None,
+            source: Some(s),
+        },
         if plus { Spaces::Plus } else { Spaces::Percent },
     )
 }
 
+const AMP: u8 = 1;
+const EQ: u8 = 2;
+const ESC: u8 = 3;
+
+/// Byte classes for [`decode`]: 0 for the bytes that need no attention.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'&' as usize] = AMP;
+    t[b'=' as usize] = EQ;
+    t[b'%' as usize] = ESC;
+    t[b'+' as usize] = ESC;
+    t
+};
+
 /// Percent-decodes one component (`+` as space); borrows when there is nothing to decode.
 /// Invalid escapes stay as written; bytes that are not UTF-8 after decoding become U+FFFD.
 pub fn unescape(s: &str) -> Cow<'_, str> {
+    unescape_flag(s, &mut false)
+}
+
+/// [`unescape`], also noting whether a `+` was seen.
+fn unescape_flag<'s>(s: &'s str, plus: &mut bool) -> Cow<'s, str> {
     let b = s.as_bytes();
     let Some(first) = memchr::memchr2(b'%', b'+', b) else {
         return Cow::Borrowed(s);
     };
     let mut out = Vec::with_capacity(b.len());
-    out.extend_from_slice(&b[..first]);
     let mut i = first;
+    let mut copied = 0;
     while i < b.len() {
         match b[i] {
             b'+' => {
+                out.extend_from_slice(&b[copied..i]);
                 out.push(b' ');
+                *plus = true;
                 i += 1;
+                copied = i;
             }
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
+            b'%' => {
+                if let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) {
+                    out.extend_from_slice(&b[copied..i]);
                     out.push(h << 4 | l);
                     i += 3;
-                }
-                _ => {
-                    out.push(b'%');
+                    copied = i;
+                } else {
                     i += 1;
                 }
-            },
-            c => {
-                out.push(c);
-                i += 1;
             }
+            _ => i += 1,
         }
     }
+    out.extend_from_slice(&b[copied..]);
     match String::from_utf8(out) {
         Ok(t) => Cow::Owned(t),
         Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
@@ -107,22 +150,37 @@ fn hex(c: u8) -> Option<u8> {
     }
 }
 
-/// Appends `text` percent-encoded.
+/// Appends `text` percent-encoded: RFC 3986 unreserved bytes as they are, spaces as `%20` or
+/// `+`, everything else as `%XX` (UTF-8 bytes).
 pub fn escape_into(out: &mut String, text: &str, spaces: Spaces) {
-    match spaces {
-        Spaces::Percent => out.extend(percent_encoding::utf8_percent_encode(text, VALUE)),
-        Spaces::Plus => {
-            for (i, piece) in text.split(' ').enumerate() {
-                if i > 0 {
-                    out.push('+');
-                }
-                out.extend(percent_encoding::utf8_percent_encode(piece, VALUE));
-            }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let b = text.as_bytes();
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            continue;
         }
+        // A non-empty `run..i` holds unreserved ASCII only, so both ends are character
+        // boundaries (bytes of a multi-byte character are escaped one by one).
+        if run < i {
+            out.push_str(&text[run..i]);
+        }
+        if c == b' ' && spaces == Spaces::Plus {
+            out.push('+');
+        } else {
+            out.push('%');
+            out.push(HEX[(c >> 4) as usize] as char);
+            out.push(HEX[(c & 15) as usize] as char);
+        }
+        run = i + 1;
     }
+    out.push_str(&text[run..]);
 }
 
 /// Encodes an object as `key=value&…`; `nested` encodes string fields that carry a document.
+///
+/// Untouched pairs are written from the original text; runs of consecutive untouched pairs
+/// are copied from the decoded source in one piece (a GA4 hit is mostly such a run).
 pub fn encode(
     obj: &Obj<'_>,
     spaces: Spaces,
@@ -130,7 +188,29 @@ pub fn encode(
     nested: &dyn Fn(&Str<'_>) -> Option<String>,
 ) {
     let mut first = true;
+    // Byte range in `obj.source` of untouched pairs not yet written.
+    let mut run: Option<(usize, usize)> = None;
+    let flush = |out: &mut String, run: &mut Option<(usize, usize)>, first: &mut bool| {
+        if let (Some((a, b)), Some(src)) = (run.take(), obj.source) {
+            if !*first {
+                out.push('&');
+            }
+            *first = false;
+            out.push_str(&src[a..b]);
+        }
+    };
     for e in &obj.entries {
+        if let Some(span) = obj.source.and_then(|src| untouched_span(e, src)) {
+            match run {
+                Some((a, b)) if span.0 == b + 1 => run = Some((a, span.1)),
+                _ => {
+                    flush(out, &mut run, &mut first);
+                    run = Some(span);
+                }
+            }
+            continue;
+        }
+        flush(out, &mut run, &mut first);
         if !first {
             out.push('&');
         }
@@ -154,6 +234,25 @@ pub fn encode(
             other => escape_into(out, &super::json::to_string(other), spaces),
         }
     }
+    flush(out, &mut run, &mut first);
+}
+
+/// Where an untouched pair lies in `src` (its original text), if it is untouched and from
+/// there. Found by address: the pair's raw key and value are slices of `src`.
+fn untouched_span(e: &Entry<'_>, src: &str) -> Option<(usize, usize)> {
+    let k = e.raw_key?;
+    let end = match &e.value {
+        Value::Str(Str { raw: Some(v), .. }) if !e.bare => offset(src, v)? + v.len(),
+        Value::Str(Str { raw: Some(_), .. }) if e.bare => offset(src, k)? + k.len(),
+        _ => return None,
+    };
+    Some((offset(src, k)?, end))
+}
+
+/// Offset of `part` inside `src`, when it is a slice of it.
+fn offset(src: &str, part: &str) -> Option<usize> {
+    let (s, p) = (src.as_ptr() as usize, part.as_ptr() as usize);
+    (p >= s && p + part.len() <= s + src.len()).then(|| p - s)
 }
 
 #[cfg(test)]
@@ -218,5 +317,58 @@ mod tests {
         let mut out = String::new();
         encode(&obj, Spaces::Percent, &mut out, &|_| None);
         assert!(out.ends_with("&k&_uip=203.0.113.0"), "{out}");
+    }
+
+    #[test]
+    fn escaping() {
+        let mut out = String::new();
+        escape_into(&mut out, "a b/é~.x", Spaces::Percent);
+        assert_eq!(out, "a%20b%2F%C3%A9~.x");
+        out.clear();
+        escape_into(&mut out, "éa b", Spaces::Plus);
+        assert_eq!(out, "%C3%A9a+b");
+    }
+
+    proptest::proptest! {
+        /// Escaping never panics and always decodes back to the text.
+        #[test]
+        fn escape_then_unescape_is_identity(t in "\\PC{0,20}") {
+            let mut out = String::new();
+            escape_into(&mut out, &t, Spaces::Percent);
+            proptest::prop_assert_eq!(unescape(&out), t.as_str());
+        }
+
+        /// Any text (malformed escapes, empty pairs, non-ASCII) decodes and encodes back
+        /// byte-identical.
+        #[test]
+        fn any_text_round_trips(q in "[a-z=&%+.2-5A-F\\u{e9}]{0,40}") {
+            proptest::prop_assert_eq!(roundtrip(&q), q);
+        }
+
+        /// Changing one pair rewrites that pair only: every other pair keeps its exact text
+        /// and position.
+        #[test]
+        fn a_change_touches_only_its_pair(
+            q in "[a-c]{1,2}=[a-z%2F+]{0,6}(&[a-c]{1,2}=[a-z%2F+]{0,6}){0,6}",
+            pick in 0usize..7,
+        ) {
+            let (mut obj, spaces) = decode(&q);
+            let i = pick % obj.entries.len();
+            if let Value::Str(s) = &mut obj.entries[i].value {
+                s.set("X Y");
+            }
+            let mut out = String::new();
+            encode(&obj, spaces, &mut out, &|_| None);
+            let before: Vec<&str> = q.split('&').collect();
+            let after: Vec<&str> = out.split('&').collect();
+            proptest::prop_assert_eq!(before.len(), after.len());
+            for (j, (b, a)) in before.iter().zip(&after).enumerate() {
+                if j == i {
+                    proptest::prop_assert!(a.ends_with("=X%20Y") || a.ends_with("=X+Y"), "{}", a);
+                } else {
+                    proptest::prop_assert_eq!(b, a);
+                }
+            }
+        }
     }
 }

@@ -58,6 +58,10 @@ pub struct Obj<'a> {
     pub entries: Vec<Entry<'a>>,
     /// The object's exact text (JSON only); `None` once anything inside changed.
     pub raw: Option<&'a str>,
+    /// The text a query string or form was decoded from (its entries' raw keys and values are
+    /// slices of it). Stays set after changes: the encoder copies runs of untouched pairs
+    /// from it in one piece.
+    pub source: Option<&'a str>,
 }
 
 /// One field of an object.
@@ -174,6 +178,7 @@ impl<'a> Value<'a> {
                     })
                     .collect(),
                 raw: None,
+                source: None,
             }),
             Value::Arr(a) => Value::Arr(Arr {
                 items: a.items.into_iter().map(Value::into_owned).collect(),

@@ -332,20 +332,16 @@ pub fn strip_url(url: &str, how: &StripUrl) -> Option<String> {
     let mut out = String::with_capacity(url.len());
     out.push_str(&strip_path(base, &how.segments));
     if let Some(q) = query {
-        let kept: Vec<&str> = q
-            .split('&')
-            .filter(|pair| {
-                if pair.is_empty() {
-                    return false;
-                }
-                let name = crate::decode::query::unescape(pair.split('=').next().unwrap_or(""));
-                let allowed = how.keep.is_empty() || how.keep.iter().any(|k| k.matches(&name));
-                allowed && !how.drop.iter().any(|d| d.matches(&name))
-            })
-            .collect();
-        if !kept.is_empty() {
-            out.push('?');
-            out.push_str(&kept.join("&"));
+        let mut sep = '?';
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            let name = crate::decode::query::unescape(raw_name);
+            let allowed = how.keep.is_empty() || how.keep.iter().any(|k| k.matches(&name));
+            if allowed && !how.drop.iter().any(|d| d.matches(&name)) {
+                out.push(sep);
+                out.push_str(pair);
+                sep = '&';
+            }
         }
     }
     if let (Some(f), true) = (frag, how.keep_fragment) {

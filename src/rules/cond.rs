@@ -226,9 +226,7 @@ pub fn holds(
         Cond::Present(sel) => field(ctx, ev, sel).is_some(),
         Cond::Equals(sel, want) => field(ctx, ev, sel).is_some_and(|v| v == *want),
         Cond::Matches(sel, re) => field(ctx, ev, sel).is_some_and(|v| re.is_match(&v)),
-        Cond::Event(names) => ev
-            .read(event_field)
-            .is_some_and(|n| names.contains(&n)),
+        Cond::Event(names) => ev.read(event_field).is_some_and(|n| names.contains(&n)),
         Cond::Gpc(want) => ctx.gpc() == *want,
         Cond::ConsentDenied(ps) => ps.iter().any(|p| ctx.consent(doc, *p) == Signal::Denied),
         Cond::ConsentGranted(ps) => ps.iter().all(|p| ctx.consent(doc, *p) == Signal::Granted),

@@ -227,6 +227,11 @@ const fn firsts() -> [u8; 256] {
 
 /// Runs the detectors whose trigger occurs in `b`; whether any pushed a finding.
 fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool {
+    // Ids are the most common digit-heavy values (PostHog, Segment, Snowplow send several per
+    // event); a whole value shaped like a UUID holds nothing the detectors look for.
+    if is_uuid(b) {
+        return false;
+    }
     let (mut flags, mut counts) = (0u64, 0u64);
     for &c in b {
         let k = CLASS[c as usize];
@@ -277,6 +282,15 @@ fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool
     );
     step(Kind::UrlSecret, has(QH | PCT) && has(EQ | PCT), url_secret);
     out.len() > base
+}
+
+/// `8-4-4-4-12` hexadecimal digits.
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// One pass for the [`ANCHORED`] detectors in `mask`: at each byte that can start one and may
@@ -1139,6 +1153,14 @@ mod tests {
             assert_eq!(found(text), *want, "{text}");
             assert!(any(text, Kinds::all()), "{text}");
         }
+    }
+
+    #[test]
+    fn uuids_are_ids_not_personal_data() {
+        assert!(found("0190aa00-0000-7000-8000-0000000000aa").is_empty());
+        assert!(found("01234567-8901-2345-6789-012345678901").is_empty());
+        // Anything else with as many digits is still checked.
+        assert!(!found("4111 1111 1111 1111").is_empty());
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum KeyPat {
 /// first byte. This runs for every field against every pattern, so it matters.
 #[derive(Debug, Clone)]
 pub struct Glob {
+    /// Up to the first 8 bytes of the leading literal, little-endian, and which bytes count:
+    /// one compare rejects keys that do not start with it (`ep.` vs `en`, `up.` vs `uid`).
+    head: u64,
+    head_mask: u64,
     pieces: Vec<String>,
     /// Searchers for the middle pieces, built once.
     finders: Vec<memchr::memmem::Finder<'static>>,
@@ -64,7 +68,15 @@ impl KeyPat {
             .map(|p| memchr::memmem::Finder::new(p.as_bytes()).into_owned())
             .collect();
         let min_len = pieces.iter().map(String::len).sum();
+        let lead = pieces[0].as_bytes();
+        let n = lead.len().min(8);
         KeyPat::Glob(Glob {
+            head: head8(lead),
+            head_mask: if n == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (n * 8)) - 1
+            },
             pieces,
             finders,
             min_len,
@@ -74,32 +86,68 @@ impl KeyPat {
     #[inline]
     pub fn matches(&self, key: &str) -> bool {
         match self {
-            KeyPat::Exact(e) => {
-                e.len() == key.len() && e.as_bytes().first() == key.as_bytes().first() && e == key
-            }
+            KeyPat::Exact(e) => e.len() == key.len() && same(e.as_bytes(), key.as_bytes()),
             KeyPat::Glob(g) => g.matches(key.as_bytes()),
         }
     }
 }
 
+/// The first (up to) 8 bytes of `s` as a little-endian integer, zero-padded.
+#[inline(always)]
+fn head8(s: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = s.len().min(8);
+    b[..n].copy_from_slice(&s[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// Byte equality of two slices of the same length. Keys are short (2–30 bytes): an inline
+/// loop beats a call to `memcmp`, which this replaced in the profile.
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// Position of `needle` in a short `hay` (naive; keys are short, so no set-up cost pays off).
+#[inline]
+fn find_short(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let n = needle.len();
+    if n == 0 {
+        return Some(0);
+    }
+    if hay.len() < n {
+        return None;
+    }
+    let first = needle[0];
+    (0..=hay.len() - n).find(|&i| hay[i] == first && same(&hay[i..i + n], needle))
+}
+
 impl Glob {
     fn matches(&self, mut s: &[u8]) -> bool {
-        if s.len() < self.min_len {
+        if s.len() < self.min_len || head8(s) & self.head_mask != self.head {
             return false;
         }
         let first = self.pieces[0].as_bytes();
-        if !first.is_empty() && (s[0] != first[0] || !s.starts_with(first)) {
+        if !same(&s[..first.len()], first) {
             return false;
         }
         s = &s[first.len()..];
         let last = self.pieces[self.pieces.len() - 1].as_bytes();
-        for f in &self.finders {
-            match f.find(s) {
-                Some(i) => s = &s[i + f.needle().len()..],
+        for (p, f) in self.pieces[1..self.pieces.len() - 1]
+            .iter()
+            .zip(&self.finders)
+        {
+            let found = if s.len() <= 64 {
+                find_short(s, p.as_bytes())
+            } else {
+                f.find(s)
+            };
+            match found {
+                Some(i) => s = &s[i + p.len()..],
                 None => return false,
             }
         }
-        s.len() >= last.len() && s.ends_with(last)
+        s.len() >= last.len() && same(&s[s.len() - last.len()..], last)
     }
 }
 

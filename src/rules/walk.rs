@@ -33,6 +33,9 @@ pub fn visit<'a>(
                         changed |= f(&e.key, &mut e.value);
                         break;
                     }
+                    if !has_nested(&e.value) {
+                        continue;
+                    }
                     for (kp, steps) in &sel.nested {
                         if kp.matches(&e.key) {
                             changed |= into_nested(&mut e.value, steps, f);
@@ -48,6 +51,12 @@ pub fn visit<'a>(
         }
     }
     changed
+}
+
+/// Whether a field carries a decoded document (only then can a nested path reach into it).
+#[inline]
+fn has_nested(v: &Value<'_>) -> bool {
+    matches!(v, Value::Str(s) if s.nested.is_some())
 }
 
 /// The bytes a field's key may start with to be matched by any of `sels`.
@@ -171,7 +180,7 @@ pub fn remove<'a>(
         let hit = admit.admits(&e.key)
             && sels
                 .iter()
-                .any(|s| s.applies(in_body) && s.flat.matches(&e.key));
+                .any(|s| s.applies(in_body) && s.first.admits(&e.key) && s.flat.matches(&e.key));
         if hit {
             seen(&e.key, &e.value);
         }
@@ -179,7 +188,7 @@ pub fn remove<'a>(
     });
     let mut changed = obj.entries.len() != before;
     for e in &mut obj.entries {
-        if !admit.admits(&e.key) {
+        if !admit.admits(&e.key) || !has_nested(&e.value) {
             continue;
         }
         for sel in sels.iter().filter(|s| s.applies(in_body)) {

@@ -44,10 +44,12 @@ fn encode_body(doc: &Doc<'_>) -> String {
                 }
             }
         }
-        Frame::Json => {
+        Frame::Json { lead, trail } => {
+            s.push_str(lead);
             for p in body {
                 json::encode_into(&p.root, &mut s, &nested_text);
             }
+            s.push_str(trail);
         }
         Frame::Multipart { boundary, layout } => {
             for p in body {

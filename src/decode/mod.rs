@@ -63,6 +63,9 @@ pub struct Part<'a> {
     pub changed: bool,
 }
 
+/// JSON's whitespace (RFC 8259 `ws`).
+const JSON_SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
 /// How the body parts are written back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame<'a> {
@@ -71,7 +74,11 @@ pub enum Frame<'a> {
     /// Passed through as it came.
     Opaque,
     Form(query::Spaces),
-    Json,
+    /// JSON, with the whitespace around the value as received (`{…}\n`).
+    Json {
+        lead: &'a str,
+        trail: &'a str,
+    },
     Multipart {
         boundary: String,
         layout: multipart::Layout<'a>,
@@ -110,13 +117,13 @@ pub struct Doc<'a> {
 /// Why a payload could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("{0}")]
+    #[error(transparent)]
     Wrap(#[from] wrap::WrapError),
     #[error("body is not UTF-8 text")]
     NotText,
-    #[error("{0}")]
+    #[error(transparent)]
     Json(#[from] json::JsonError),
-    #[error("{0}")]
+    #[error(transparent)]
     Multipart(#[from] multipart::MultipartError),
     #[error("multipart body without a boundary in its Content-Type")]
     NoBoundary,
@@ -219,13 +226,17 @@ pub fn decode<'a>(
             Frame::Form(spaces)
         }
         Codec::Json => {
+            let t = text(body)?;
+            let inner = t.trim_matches(JSON_SPACE);
+            let lead = &t[..t.len() - t.trim_start_matches(JSON_SPACE).len()];
+            let trail = &t[lead.len() + inner.len()..];
             parts.push(Part {
                 origin: Origin::Body,
                 flat: false,
-                root: json::parse(text(body)?)?,
+                root: json::parse(t)?,
                 changed: false,
             });
-            Frame::Json
+            Frame::Json { lead, trail }
         }
         Codec::Multipart => {
             // Boundaries are case-sensitive: read them from the header as sent.

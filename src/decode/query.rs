@@ -25,6 +25,17 @@ pub enum Spaces {
 /// unescaped.
 pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
     let b = s.as_bytes();
+    if b.is_empty() {
+        // No query at all: no fields (not one field with an empty name).
+        return (
+            Obj {
+                entries: Vec::new(),
+                raw: None,
+                source: Some(s),
+            },
+            Spaces::Percent,
+        );
+    }
     let mut entries = Vec::with_capacity(memchr::memchr_iter(b'&', b).count() + 1);
     let mut plus = false;
     let mut start = 0;

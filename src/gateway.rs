@@ -64,11 +64,11 @@ impl Settings {
 /// Start-up failed; each variant's message says what and where.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Rules(#[from] ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("{0}")]
+    #[error(transparent)]
     Certs(#[from] CertError),
 }
 
@@ -120,8 +120,9 @@ impl Gateway {
                 tracing::info!(
                     routes = set.routes.routes().len(),
                     files = set.files,
-                    "rules reloaded from {}",
-                    set.source
+                    "rules reloaded from {}; hash key from {}",
+                    set.source,
+                    set.key_source
                 );
                 Ok(set)
             }

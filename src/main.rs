@@ -175,6 +175,15 @@ struct ServeArgs {
     workers: Option<usize>,
 }
 
+/// `println!` that does not panic when stdout is closed (`tagway check | head -1`): the
+/// output is simply cut short.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("TAGWAY_LOG").unwrap_or_else(|_| "info".into());
@@ -216,10 +225,15 @@ fn main() -> ExitCode {
 }
 
 fn check(a: CheckArgs) -> Result<ExitCode> {
+    if !a.rules.is_dir() {
+        // `serve` falls back to the embedded rules when the folder is absent; `check` is asked
+        // about a folder, and a mistyped path must not look like a pass.
+        bail!("no rules folder at {} (--rules)", a.rules.display());
+    }
     let source = RulesSource::dir_or_embedded(&a.rules);
     match config::load_without_secrets(&source, &a.upstreams) {
         Ok(set) => {
-            println!(
+            say!(
                 "{}: {} files, {} routes, {} upstreams: OK",
                 source.describe(),
                 set.files,
@@ -227,9 +241,11 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                 set.upstreams.len()
             );
             for r in set.routes.routes() {
-                println!(
+                say!(
                     "  route {:<24} -> {} {}",
-                    r.name, set.upstreams[r.upstream].name, set.upstreams[r.upstream].origin
+                    r.name,
+                    set.upstreams[r.upstream].name,
+                    set.upstreams[r.upstream].origin
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -292,13 +308,13 @@ fn explain(a: ExplainArgs) -> Result<ExitCode> {
     for req in &requests {
         match inspect(&rules, req, &mut |_, _| {}) {
             Ok(ins) if a.json => json_out.push(tagway::explain::json(&ins)),
-            Ok(ins) => println!("{}", tagway::explain::text(&ins)),
+            Ok(ins) => say!("{}", tagway::explain::text(&ins)),
             Err(e) => {
                 failed = true;
                 if a.json {
                     json_out.push(serde_json::json!({ "error": e, "url": format!("{}{}", req.host, req.path) }));
                 } else {
-                    println!("{} {}{}: {e}\n", req.method, req.host, req.path);
+                    say!("{} {}{}: {e}\n", req.method, req.host, req.path);
                 }
             }
         }
@@ -309,7 +325,7 @@ fn explain(a: ExplainArgs) -> Result<ExitCode> {
         } else {
             json_out.pop().unwrap_or_default()
         };
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(if failed && a.har.is_none() {
         ExitCode::FAILURE
@@ -371,15 +387,15 @@ fn run_tests(a: TestArgs) -> Result<ExitCode> {
     let failed: Vec<_> = results.iter().filter(|r| !r.failures.is_empty()).collect();
     for r in &results {
         if r.failures.is_empty() {
-            println!("ok    {}  ({})", r.name, r.at);
+            say!("ok    {}  ({})", r.name, r.at);
         } else {
-            println!("FAIL  {}  ({})", r.name, r.at);
+            say!("FAIL  {}  ({})", r.name, r.at);
             for f in &r.failures {
-                println!("        {f}");
+                say!("        {f}");
             }
         }
     }
-    println!(
+    say!(
         "\n{} tests, {} passed, {} failed",
         results.len(),
         results.len() - failed.len(),
@@ -463,8 +479,9 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
     tracing::info!(
         routes = rules.routes.routes().len(),
         files = rules.files,
-        "rules loaded from {}",
-        rules.source
+        "rules loaded from {}; hash key from {}",
+        rules.source,
+        rules.key_source
     );
     if rules.site.origins.is_empty() {
         tracing::warn!(

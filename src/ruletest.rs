@@ -88,6 +88,9 @@ pub fn run(rules: &RuleSet, spec: &TestSpec) -> Vec<String> {
         .chain(&e.absent)
         .chain(&e.present)
     {
+        if sels.iter().any(|(n, _)| n == name) {
+            continue;
+        }
         match Selector::parse(name) {
             Ok(s) => sels.push((name.clone(), s)),
             Err(err) => fails.push(format!("expect: field selector {err}")),

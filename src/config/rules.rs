@@ -52,7 +52,7 @@ impl Compiler {
     ) -> SiteRules {
         let mut key_bytes: Vec<u8> = Vec::new();
         let mut key_source =
-            "a random key generated at start (set [site] hash_key to keep hashes stable)"
+            "a random key made at start (hashes change at each restart; set [site] hash_key to keep them stable)"
                 .to_string();
         if let (Some(t), Some(src)) = (t, s.and_then(|s| s.hash_key.as_ref())) {
             let ks = src.get_ref();
@@ -265,7 +265,22 @@ impl Compiler {
         let sels = |c: &mut Compiler, l: &Option<Vec<Spanned<String>>>| -> Vec<Selector> {
             l.iter()
                 .flatten()
-                .filter_map(|s| c.selector(t, s))
+                .filter_map(|s| match c.selector(t, s) {
+                    Some(sel) if matches!(sel.scope, Scope::Header(_) | Scope::Cookie(_)) => {
+                        c.err(
+                            t,
+                            s.span(),
+                            format!(
+                                "{:?}: rules change the payload, not headers or cookies (headers \
+                                 leave by the route's allowlist, cookies only when `cookies` \
+                                 names them)",
+                                s.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                    other => other,
+                })
                 .collect()
         };
         let action = match verb {
@@ -631,7 +646,14 @@ pub fn template(s: &str) -> Result<Vec<Piece>, String> {
     Ok(out)
 }
 
+/// The key used when a site names none: random, made once per process so that hashes stay
+/// the same across reloads (but not across restarts).
 fn random_key() -> Vec<u8> {
+    static KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    KEY.get_or_init(fresh_random_key).clone()
+}
+
+fn fresh_random_key() -> Vec<u8> {
     let mut k = vec![0u8; 32];
     if rustls::crypto::ring::default_provider()
         .secure_random

@@ -287,11 +287,20 @@ pub fn redact_text(
         Replace::Placeholder(None) => format!("[{label}]"),
         Replace::Hash => digest(found, HashAlg::HmacSha256, key)[..16].to_string(),
     };
-    let mut current: Option<String> = if kinds.is_empty() {
-        None
-    } else {
-        detect::redact(text, kinds, &mut |k, found| by(k.name(), found))
-    };
+    let mut current: Option<String> = None;
+    if !kinds.is_empty() {
+        // A redaction can change what surrounds another value (`2001:db8::1jane@x.example`
+        // becomes `2001:db8::[email]`, where the address now ends a token): detect again until
+        // nothing more is found, so that redacting is idempotent. Bounded; the common case
+        // (nothing found) is one pass.
+        for _ in 0..4 {
+            let t = current.as_deref().unwrap_or(text);
+            match detect::redact(t, kinds, &mut |k, found| by(k.name(), found)) {
+                Some(next) => current = Some(next),
+                None => break,
+            }
+        }
+    }
     for re in patterns {
         let t = current.as_deref().unwrap_or(text);
         if re.is_match(t) {
@@ -383,7 +392,10 @@ pub fn kinds_from(names: &[String]) -> Result<Kinds, String> {
     for n in names {
         let kind = detect::Kind::from_name(n).ok_or_else(|| {
             let all: Vec<&str> = detect::Kind::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown detector {n:?} (detectors: {})", all.join(", "))
+            match crate::config::diag::suggest(n, all.iter().copied()) {
+                Some(s) => format!("unknown detector {n:?}; did you mean `{s}`?"),
+                None => format!("unknown detector {n:?} (detectors: {})", all.join(", ")),
+            }
         })?;
         k = k.with(kind);
     }

@@ -206,6 +206,12 @@ pub struct EventView<'v, 'a> {
 }
 
 impl EventView<'_, '_> {
+    fn exists(&self, sel: &Selector) -> bool {
+        self.layers
+            .iter()
+            .any(|(v, flat)| walk::first(v, *flat, sel).is_some())
+    }
+
     fn read(&self, sel: &Selector) -> Option<String> {
         self.layers
             .iter()
@@ -223,7 +229,13 @@ pub fn holds(
     event_field: &Selector,
 ) -> bool {
     match c {
-        Cond::Present(sel) => field(ctx, ev, sel).is_some(),
+        Cond::Present(sel) => match &sel.scope {
+            super::select::Scope::Header(_) | super::select::Scope::Cookie(_) => {
+                field(ctx, ev, sel).is_some()
+            }
+            // Any value counts, objects and arrays too (`$set`, `items`).
+            _ => ev.exists(sel),
+        },
         Cond::Equals(sel, want) => field(ctx, ev, sel).is_some_and(|v| v == *want),
         Cond::Matches(sel, re) => field(ctx, ev, sel).is_some_and(|v| re.is_match(&v)),
         Cond::Event(names) => ev.read(event_field).is_some_and(|n| names.contains(&n)),

@@ -277,7 +277,7 @@ fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool
     step(Kind::Ip, colons >= 2, ipv6);
     step(
         Kind::Bearer,
-        has(LETTER_B) && has(SPACE | PCT) && n >= 23,
+        has(LETTER_B) && has(SPACE | PCT) && n >= 27,
         bearer,
     );
     step(Kind::UrlSecret, has(QH | PCT) && has(EQ | PCT), url_secret);
@@ -841,7 +841,9 @@ fn bearer(b: &[u8], out: &mut Vec<Finding>) {
         }
         let s = at + 6 + gap;
         let t = b[s..].iter().take_while(is_t68).count();
-        if t >= 16 {
+        // 20+: real tokens are longer, and the 16-hex keyed hash that `replace = "hash"`
+        // writes must not read as a token again (redaction stays idempotent).
+        if t >= 20 {
             let e = s + t + b[s + t..].iter().take_while(|&&c| c == b'=').count();
             push(out, Kind::Bearer, s, e);
             i = e;

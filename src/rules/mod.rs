@@ -124,7 +124,7 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            scan::run(doc, s, key);
+            scan::run(doc, s, key, self.events.as_ref());
         }
         Outcome::Forward
     }
@@ -146,7 +146,7 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            scan::run(doc, s, key);
+            scan::run(doc, s, key, self.events.as_ref());
             after("personal-data scan", doc);
         }
         Outcome::Forward

@@ -18,20 +18,28 @@ pub struct Scan {
     pub replace: Replace,
 }
 
-/// Scans every part of `doc`; marks changed parts.
-pub fn run(doc: &mut Doc<'_>, scan: &Scan, key: &HmacKey) {
+/// Scans every part of `doc`; marks changed parts. `events`: where a JSON body's events are;
+/// exempt selectors are then relative to each event, like every other body selector.
+pub fn run(doc: &mut Doc<'_>, scan: &Scan, key: &HmacKey, events: Option<&Selector>) {
     for part in &mut doc.parts {
         let in_body = part.origin != Origin::Query;
-        walk::visit(
-            &mut part.root,
-            part.flat,
-            &scan.exempt,
-            in_body,
-            &mut |_, v| {
+        let exempt = |v: &mut Value<'_>, flat: bool| {
+            walk::visit(v, flat, &scan.exempt, in_body, &mut |_, v| {
                 mark(v);
                 false
-            },
-        );
+            });
+        };
+        match events {
+            Some(ev) if !part.flat => {
+                for path in walk::paths(&part.root, &ev.steps) {
+                    walk::at_mut(&mut part.root, &path, &mut |v| {
+                        exempt(v, false);
+                        false
+                    });
+                }
+            }
+            _ => exempt(&mut part.root, part.flat),
+        }
         if scan_value(&mut part.root, scan, key) {
             part.changed = true;
         }

@@ -359,10 +359,16 @@ fn parse_steps(s: &str) -> Result<Vec<Step>, String> {
                 let inner = &s[i + 1..end];
                 steps.push(match inner {
                     "*" => Step::AnyIndex,
-                    n => Step::Index(
+                    "" => {
+                        return Err("`[]`: write an index like [0], [*], or a key like [em]".into());
+                    }
+                    n if n.bytes().all(|b| b.is_ascii_digit()) => Step::Index(
                         n.parse()
-                            .map_err(|_| format!("`[{n}]`: write an index like [0] or [*]"))?,
+                            .map_err(|_| format!("`[{n}]`: the index is too large"))?,
                     ),
+                    // `ud[em]`, `cd[value]` (Meta): in JSON the key `em` of `ud`; in a flat
+                    // payload the whole key `ud[em]`.
+                    n => Step::Key(KeyPat::new(n)),
                 });
                 while chars.peek().is_some_and(|&(j, _)| j <= end) {
                     chars.next();
@@ -443,9 +449,19 @@ mod tests {
             Scope::Header("user-agent".into())
         );
         assert_eq!(Selector::parse("query:uid").unwrap().scope, Scope::Query);
-        for bad in ["", "a..b", "a.", "a[x]", "a[0", "header:", "query:"] {
+        for bad in ["", "a..b", "a.", "a[]", "a[0", "header:", "query:"] {
             assert!(Selector::parse(bad).is_err(), "{bad:?}");
         }
+        // Meta's bracketed keys: the whole flat key, or key `em` of `ud` in JSON.
+        let s = Selector::parse("ud[em]").unwrap();
+        assert!(s.flat.matches("ud[em]"));
+        assert_eq!(
+            s.steps,
+            [
+                Step::Key(KeyPat::Exact("ud".into())),
+                Step::Key(KeyPat::Exact("em".into()))
+            ]
+        );
     }
 
     #[test]

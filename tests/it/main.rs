@@ -4,10 +4,13 @@
 mod support;
 
 mod certs;
+mod codecs;
 mod headers;
 mod limits;
 mod packaging;
 mod process;
 mod relay;
 mod reload;
+mod rule_props;
+mod rules;
 mod security;

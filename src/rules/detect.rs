@@ -966,6 +966,12 @@ const SECRET_FIRST: u32 = {
 
 /// `[word]` or `%5Bword%5D`: a value a redaction already replaced, so redacting is idempotent.
 fn is_placeholder(v: &[u8]) -> bool {
+    // What redaction with `replace = "hash"` writes (16 hex digits of the keyed hash) and what
+    // `hash` writes (64): already pseudonymous, and redacting them again would not be
+    // idempotent.
+    if matches!(v.len(), 16 | 64) && v.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return true;
+    }
     let inner = match v {
         [b'[', inner @ .., b']'] => inner,
         [b'%', b'5', o, inner @ .., b'%', b'5', c] if o | 0x20 == b'b' && c | 0x20 == b'd' => inner,

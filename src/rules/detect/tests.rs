@@ -1,0 +1,393 @@
+use super::*;
+use proptest::prelude::{Just, prop_oneof, proptest};
+
+fn found(text: &str) -> Vec<(Kind, &str)> {
+    let mut out = Vec::new();
+    find(text, Kinds::all(), &mut out);
+    out.iter()
+        .map(|f| (f.kind, &text[f.start..f.end]))
+        .collect()
+}
+
+fn placeholder(k: Kind, _: &str) -> String {
+    format!("[{}]", k.name())
+}
+
+/// Values from real analytics payloads that must come through untouched.
+const CLEAN: &[&str] = &[
+    "1234567890.1732838400",
+    "1732838400123",
+    "1707755778201",
+    "G-TEST123456",
+    "45je4bk0v9115421035za200",
+    "Chromium;131.0.6778.85|Google Chrome;131.0.6778.85",
+    "Not_A Brand;24.0.0.0",
+    "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36",
+    "1920x1080",
+    "2.9.145",
+    "fb.1.1707755778200.1111111111",
+    "fb.1.1707755700000.IwAR_FAKE_CLICK_ID",
+    "01900000-0000-7000-8000-000000000001",
+    "13l3l3l3l1l1",
+    "ORD-99812",
+    "129.95",
+    "812.40",
+    "x86",
+    "6.5.0",
+    "2024-01-15",
+    "2024-01-15T12:30:45Z",
+    "2024-01-15T12:30:45+01:00",
+    "12:30:45",
+    "12:30:45.123",
+    "1,299.00",
+    "phc_FAKE123",
+    "SKU-1",
+    "https://shop.example/catalog/?utm_source=newsletter&utm_medium=email&gclid=Cj0KCQiA4NWrBhD",
+    "Example Shop",
+    "en-us",
+    "de-DE",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+    "101925629~102067555~102067808",
+    "user_42",
+    "customer-98765",
+    "https://cdn.example/img/logo@2x.png",
+    "@scope/package@1.2.3",
+    "4111111111111112",
+    "17328384001234567",
+    "ORD-4111111111111111",
+    "1.2.3.4.5",
+    "v1.2.3.4",
+    "256.1.1.1",
+    "01.2.3.4",
+    "DE89370400440532013001",
+    "XX89370400440532013000",
+    "std::io::Result",
+    "a :: b",
+    "00:1A:2B:3C:4D:5E",
+    "eyJhbGciOiJIUzI1NiJ9",
+    "bearer short",
+    "price=12.50&qty=2",
+    "https://shop.example/?promo_code=SUMMER&tokens=1",
+    "https://shop.example/reset?token=",
+    "555-123-45678",
+    "155-123-4567",
+    "5551234567",
+    "+1234567",
+    "size+15551234567",
+    "1.555.123.4567.8",
+    "dimension1=+1",
+];
+
+#[test]
+fn true_positives() {
+    use Kind::*;
+    let cases: &[(&str, &[(Kind, &str)])] = &[
+        ("jane.doe@example.com", &[(Email, "jane.doe@example.com")]),
+        (
+            "mailto:Jane_Doe+tag@mail.example.co.uk.",
+            &[(Email, "Jane_Doe+tag@mail.example.co.uk")],
+        ),
+        (
+            "q=jane.doe%40example.com",
+            &[(Email, "jane.doe%40example.com")],
+        ),
+        (
+            "dl=https%3A%2F%2Fx.example%2F%3Fe%3Djane%40x.example",
+            &[(Email, "jane%40x.example")],
+        ),
+        ("+1 555 123 4567", &[(Phone, "+1 555 123 4567")]),
+        ("+15551234567", &[(Phone, "+15551234567")]),
+        ("%2B15551234567", &[(Phone, "%2B15551234567")]),
+        ("tel:+44 (0)20 7946 0958", &[(Phone, "+44 (0)20 7946 0958")]),
+        ("+1 (555) 123-4567", &[(Phone, "+1 (555) 123-4567")]),
+        ("(555) 123-4567", &[(Phone, "(555) 123-4567")]),
+        ("call 555-123-4567 now", &[(Phone, "555-123-4567")]),
+        ("555.123.4567", &[(Phone, "555.123.4567")]),
+        ("555 123 4567", &[(Phone, "555 123 4567")]),
+        ("1-555-123-4567", &[(Phone, "1-555-123-4567")]),
+        ("4111 1111 1111 1111", &[(Card, "4111 1111 1111 1111")]),
+        ("4111111111111111", &[(Card, "4111111111111111")]),
+        ("5500-0000-0000-0004", &[(Card, "5500-0000-0000-0004")]),
+        ("378282246310005", &[(Card, "378282246310005")]),
+        ("3782 822463 10005", &[(Card, "3782 822463 10005")]),
+        ("card=6011111111111117", &[(Card, "6011111111111117")]),
+        (
+            "DE89 3704 0044 0532 0130 00",
+            &[(Iban, "DE89 3704 0044 0532 0130 00")],
+        ),
+        (
+            "GB82WEST12345698765432",
+            &[(Iban, "GB82WEST12345698765432")],
+        ),
+        (
+            "iban: NL91 ABNA 0417 1643 00 EUR",
+            &[(Iban, "NL91 ABNA 0417 1643 00")],
+        ),
+        ("203.0.113.7", &[(Ip, "203.0.113.7")]),
+        ("n=%20%2B15551234567", &[(Phone, "%2B15551234567")]),
+        ("c%3D4111111111111111%26x", &[(Card, "4111111111111111")]),
+        ("ip=10.0.0.1:8080", &[(Ip, "10.0.0.1")]),
+        ("2001:db8::1", &[(Ip, "2001:db8::1")]),
+        (
+            "[fe80::1ff:fe23:4567:890a%eth0]:443",
+            &[(Ip, "fe80::1ff:fe23:4567:890a")],
+        ),
+        ("::ffff:192.0.2.1", &[(Ip, "::ffff:192.0.2.1")]),
+        (
+            "t=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            &[(
+                Jwt,
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            )],
+        ),
+        (
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            &[(
+                Jwt,
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            )],
+        ),
+        (
+            "Authorization: Bearer abcdefghijklmnop1234",
+            &[(Bearer, "abcdefghijklmnop1234")],
+        ),
+        (
+            "h=bearer%20abcdefghijklmnop1234==",
+            &[(Bearer, "abcdefghijklmnop1234==")],
+        ),
+        (
+            "https://shop.example/reset?email=jane.doe%40example.com&token=abc123",
+            &[(Email, "jane.doe%40example.com"), (UrlSecret, "abc123")],
+        ),
+        (
+            "https://app.example/cb#access_token=xyz&state=1",
+            &[(UrlSecret, "xyz")],
+        ),
+        ("/p?a=1;Session%5FID=s3cr3t", &[(UrlSecret, "s3cr3t")]),
+        (
+            "https%3A%2F%2Fshop.example%2Freset%3Fx%3D1%26Password%3Dhunter2",
+            &[(UrlSecret, "hunter2")],
+        ),
+        ("/login?pwd=a b", &[(UrlSecret, "a")]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(found(text), *want, "{text}");
+        assert!(any(text, Kinds::all()), "{text}");
+    }
+}
+
+#[test]
+fn uuids_are_ids_not_personal_data() {
+    assert!(found("0190aa00-0000-7000-8000-0000000000aa").is_empty());
+    assert!(found("01234567-8901-2345-6789-012345678901").is_empty());
+    // Anything else with as many digits is still checked.
+    assert!(!found("4111 1111 1111 1111").is_empty());
+}
+
+#[test]
+fn must_not_match() {
+    for text in CLEAN {
+        assert_eq!(found(text), [], "{text}");
+        assert!(!any(text, Kinds::all()), "{text}");
+        assert_eq!(redact(text, Kinds::all(), &mut placeholder), None, "{text}");
+    }
+}
+
+#[test]
+fn kinds_filter_and_names() {
+    for k in Kind::ALL {
+        assert_eq!(Kind::from_name(k.name()), Some(k));
+        assert!(Kinds::all().contains(k) && !Kinds::none().contains(k));
+        assert!(Kinds::none().with(k).contains(k));
+    }
+    assert_eq!(Kind::from_name("Email"), None);
+    assert!(Kinds::none().is_empty() && Kinds::default().is_empty());
+    let url = "https://shop.example/reset?email=jane.doe%40example.com&token=abc123";
+    let mut out = Vec::new();
+    find(url, Kinds::none().with(Kind::UrlSecret), &mut out);
+    let spans: Vec<_> = out.iter().map(|f| &url[f.start..f.end]).collect();
+    assert_eq!(spans, ["jane.doe%40example.com", "abc123"]);
+    assert!(!any(url, Kinds::none().with(Kind::Card)));
+    assert!(!any("jane@example.com", Kinds::none()));
+}
+
+#[test]
+fn find_appends() {
+    let mut out = vec![Finding {
+        kind: Kind::Ip,
+        start: 0,
+        end: 1,
+    }];
+    find("x 203.0.113.7", Kinds::all(), &mut out);
+    assert_eq!(
+        out[1],
+        Finding {
+            kind: Kind::Ip,
+            start: 2,
+            end: 13
+        }
+    );
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn redaction() {
+    let url = "https://shop.example/reset?email=jane.doe%40example.com&token=abc123&v=2";
+    let once = redact(url, Kinds::all(), &mut placeholder).unwrap();
+    assert_eq!(
+        once,
+        "https://shop.example/reset?email=[email]&token=[url_secret]&v=2"
+    );
+    assert_eq!(redact(&once, Kinds::all(), &mut placeholder), None);
+    let encoded = "/r?token=%5Burl_secret%5D&to=+1 555 123 4567";
+    let once = redact(encoded, Kinds::all(), &mut placeholder).unwrap();
+    assert_eq!(once, "/r?token=%5Burl_secret%5D&to=[phone]");
+    let mut seen = Vec::new();
+    let out = redact("a jane@example.com b", Kinds::all(), &mut |k, m| {
+        seen.push((k, m.to_string()));
+        String::new()
+    });
+    assert_eq!(out.as_deref(), Some("a  b"));
+    assert_eq!(seen, [(Kind::Email, "jane@example.com".to_string())]);
+    for text in CLEAN {
+        let all = format!("{text} jane@example.com {text}");
+        let once = redact(&all, Kinds::all(), &mut placeholder).unwrap();
+        assert_eq!(once, format!("{text} [email] {text}"));
+        assert_eq!(redact(&once, Kinds::all(), &mut placeholder), None);
+    }
+}
+
+#[test]
+fn validators() {
+    assert!(luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+    assert!(mod97(b"GB82WEST12345698765432"));
+    assert!(!mod97(b"GB83WEST12345698765432"));
+    assert_eq!(iban_len(b"DE"), Some(22));
+    assert_eq!(iban_len(b"ZZ"), None);
+    assert_eq!(IBAN_LENGTHS.len() % 4, 0);
+}
+
+fn check(text: &str) {
+    let mut out = Vec::new();
+    find(text, Kinds::all(), &mut out);
+    for w in out.windows(2) {
+        assert!(w[0].end <= w[1].start, "{text:?}: {out:?}");
+    }
+    for f in &out {
+        assert!(f.start < f.end && f.end <= text.len(), "{text:?}: {f:?}");
+        assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end));
+    }
+    assert_eq!(any(text, Kinds::all()), !out.is_empty(), "{text:?}");
+    assert_eq!(
+        redact(text, Kinds::all(), &mut placeholder).is_some(),
+        !out.is_empty()
+    );
+}
+
+#[test]
+fn edges_do_not_panic() {
+    let edges = [
+        "",
+        "1-",
+        "1 ",
+        "1%20",
+        "(",
+        "(5",
+        "(555)",
+        "+",
+        "%",
+        "%2",
+        "%2B",
+        "%40",
+        "@",
+        "a@",
+        "@b.co",
+        "a@b.",
+        "::",
+        ":::",
+        "eyJ",
+        "eyJ.",
+        "Bearer ",
+        "bearer%20",
+        "?",
+        "?=",
+        "#a=",
+        "?token=",
+        "?%3D",
+        "DE89",
+        "DE89 ",
+        "4111 ",
+        "4111-1111-1111-1111-",
+        "1.2.3.",
+        "é@é.é",
+    ];
+    for text in edges {
+        check(text);
+    }
+    // Long values: the flag bits wrap and the 16-bit counts carry; both must stay harmless.
+    let long = format!(
+        "{} jane@example.com {}",
+        "@ ".repeat(40_000),
+        "4".repeat(70_000)
+    );
+    check(&long);
+    assert_eq!(found(&long), [(Kind::Email, "jane@example.com")]);
+}
+
+proptest! {
+    #[test]
+    fn find_is_well_formed(text in proptest::arbitrary::any::<String>()) {
+        check(&text);
+    }
+
+    #[test]
+    fn find_is_well_formed_on_trigger_soup(
+        parts in proptest::collection::vec(prop_oneof![
+            "[0-9]{1,5}",
+            "[ .:@%+=&?#;()\\-]",
+            Just("%40".to_string()), Just("%2B".to_string()), Just("%3D".to_string()),
+            Just("%26".to_string()), Just("%3F".to_string()), Just("eyJ".to_string()),
+            Just("Bearer ".to_string()), Just("token=".to_string()), Just("DE89".to_string()),
+            Just("4111".to_string()), Just("é".to_string()), Just("::".to_string()),
+            Just("%20".to_string()), Just("555".to_string()), Just("[email]".to_string()),
+            Just("%5B".to_string()), Just("Bearer%20".to_string()), Just("1".to_string()),
+            "[a-zA-Z]{1,6}",
+        ], 0..40),
+    ) {
+        check(&parts.concat());
+    }
+}
+
+/// `cargo test --release -- --ignored --nocapture detect::tests::timing`
+#[test]
+#[ignore]
+fn timing() {
+    let rounds = 200_000;
+    let mut out = Vec::with_capacity(8);
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        for text in CLEAN {
+            find(std::hint::black_box(text), Kinds::all(), &mut out);
+            out.clear();
+        }
+    }
+    let per = start.elapsed().as_nanos() as f64 / (rounds * CLEAN.len()) as f64;
+    let short = [
+        "Example Shop",
+        "en-us",
+        "user_42",
+        "customer-98765",
+        "ORD-99812",
+    ];
+    let start = std::time::Instant::now();
+    for _ in 0..rounds * 4 {
+        for text in short {
+            find(std::hint::black_box(text), Kinds::all(), &mut out);
+        }
+    }
+    let per_short = start.elapsed().as_nanos() as f64 / (rounds * 4 * short.len()) as f64;
+    println!(
+        "find: {per:.1} ns/call over {} clean values; {per_short:.1} ns/call short values without triggers",
+        CLEAN.len()
+    );
+}

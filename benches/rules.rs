@@ -1,8 +1,9 @@
 //! Micro-benchmarks of decode → rules → encode (`transform::process`), the work the gateway
 //! adds to a relayed request:
 //!
-//! - `ga4_hit`: the ~1.2 KB GA4 page_view of the relay benchmark (w1), through the shipped
-//!   GA4 rule set and the personal-data scan;
+//! - `ga4_hit`: the ~1.2 KB GA4 page_view of the relay benchmark (w1), with an email, a phone
+//!   number and a token in its page URL, referrer, `uid` and `ep.*`, through the shipped GA4
+//!   rule set and the personal-data scan; `ga4_hit_clean`: the same hit without them;
 //! - `posthog_batch`: a ~2 KB PostHog JSON batch through a PostHog-style rule set and the scan.
 //!
 //! Run: `cargo bench --bench rules` (criterion prints the median estimate per iteration).
@@ -146,6 +147,28 @@ fn bench(c: &mut Criterion) {
         }
         std::process::exit(0);
     }
+    // The same hit without personal data (what most page views look like): what the rules and
+    // the scan cost when there is nothing to remove.
+    let clean = GA4_QUERY
+        .trim()
+        .split('&')
+        .filter(|p| {
+            let k = p.split('=').next().unwrap_or("");
+            !matches!(
+                k,
+                "uid" | "ep.customer_email" | "ep.phone" | "ep.shipping_address"
+            )
+        })
+        .map(|p| match p.split_once('=') {
+            Some(("dl", _)) => "dl=https%3A%2F%2Fshop.example%2Fcheckout%3Futm_source%3Dnewsletter",
+            Some(("dr", _)) => "dr=https%3A%2F%2Fmail.example%2F",
+            _ => p,
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    c.bench_function(&format!("ga4_hit_clean_{}B", clean.len()), |b| {
+        b.iter(|| process(&rules, ga4, black_box(&clean), &headers, b"", client, None).unwrap())
+    });
     c.bench_function("ga4_hit", |b| {
         b.iter(|| {
             process(

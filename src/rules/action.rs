@@ -240,10 +240,21 @@ pub fn digest(s: &str, alg: HashAlg, key: &HmacKey) -> String {
         HashAlg::HmacSha256 => {
             let mut m = key.clone();
             m.update(s.as_bytes());
-            hex::encode(m.finalize().into_bytes())
+            hex_lower(&m.finalize().into_bytes())
         }
-        HashAlg::Sha256 => hex::encode(Sha256::digest(s.as_bytes())),
+        HashAlg::Sha256 => hex_lower(&Sha256::digest(s.as_bytes())),
     }
+}
+
+/// Lower-case hex (the form vendors expect for hashed match keys).
+fn hex_lower(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 fn hash_value(v: &mut Value<'_>, n: Option<Normalize>, alg: HashAlg, key: &HmacKey) -> bool {
@@ -330,20 +341,28 @@ fn truncate_value(v: &mut Value<'_>, v4: u8, v6: u8) -> bool {
 /// Removes query parameters (allowlist or denylist), the fragment, and matching path
 /// segments from a URL. Untouched parameters keep their exact text. `None`: nothing to change.
 pub fn strip_url(url: &str, how: &StripUrl) -> Option<String> {
-    let (before_frag, frag) = match url.split_once('#') {
-        Some((b, f)) => (b, Some(f)),
+    // `#`, `?`, `&`, `=` are ASCII: every slice below is on a character boundary.
+    let (before_frag, frag) = match memchr::memchr(b'#', url.as_bytes()) {
+        Some(i) => (&url[..i], Some(&url[i + 1..])),
         None => (url, None),
     };
-    let (base, query) = match before_frag.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
+    let (base, query) = match memchr::memchr(b'?', before_frag.as_bytes()) {
+        Some(i) => (&before_frag[..i], Some(&before_frag[i + 1..])),
         None => (before_frag, None),
     };
     let mut out = String::with_capacity(url.len());
     out.push_str(&strip_path(base, &how.segments));
     if let Some(q) = query {
         let mut sep = '?';
-        for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        let mut start = 0;
+        while start <= q.len() {
+            let end = memchr::memchr(b'&', &q.as_bytes()[start..]).map_or(q.len(), |i| start + i);
+            let pair = &q[start..end];
+            start = end + 1;
+            if pair.is_empty() {
+                continue;
+            }
+            let raw_name = memchr::memchr(b'=', pair.as_bytes()).map_or(pair, |i| &pair[..i]);
             let name = crate::decode::query::unescape(raw_name);
             let allowed = how.keep.is_empty() || how.keep.iter().any(|k| k.matches(&name));
             if allowed && !how.drop.iter().any(|d| d.matches(&name)) {

@@ -419,13 +419,13 @@ impl Compiler {
                 .to_string()
         });
         let (line, _) = line_col(&t.text, span.start);
-        Some(Rule {
+        Some(Rule::new(
             label,
-            at: format!("{}:{line}", t.name),
+            format!("{}:{line}", t.name),
             action,
             when,
             unless,
-        })
+        ))
     }
 
     /// Options that belong to another action are mistakes: say so.

@@ -30,11 +30,28 @@ pub struct Rule {
     pub action: Action,
     pub when: Vec<Cond>,
     pub unless: Vec<Cond>,
+    /// Whether a condition reads an event's own fields, so the rule is checked per event.
+    /// Decided at load ([`Rule::new`]), not per request.
+    pub per_event: bool,
 }
 
 impl Rule {
-    fn per_event(&self) -> bool {
-        self.when.iter().chain(&self.unless).any(Cond::per_event)
+    pub fn new(
+        label: String,
+        at: String,
+        action: Action,
+        when: Vec<Cond>,
+        unless: Vec<Cond>,
+    ) -> Rule {
+        let per_event = when.iter().chain(&unless).any(Cond::per_event);
+        Rule {
+            label,
+            at,
+            action,
+            when,
+            unless,
+            per_event,
+        }
     }
 }
 
@@ -159,7 +176,7 @@ impl Program {
         ctx: &Ctx<'_>,
         key: &HmacKey,
     ) -> Option<Outcome> {
-        if !rule.per_event() {
+        if !rule.per_event {
             let layers: Vec<(&Value<'_>, bool)> =
                 doc.parts.iter().map(|p| (&p.root, p.flat)).collect();
             if !self.conds_hold(rule, ctx, doc, &EventView { layers: &layers }) {

@@ -341,48 +341,36 @@ async fn compressed_bodies_are_cleaned_and_sent_compressed_again() {
     );
 }
 
+/// `GET /tr?…` (a pixel hit) with the given User-Agent.
+async fn pixel(addr: std::net::SocketAddr, user_agent: &str) -> Reply {
+    let r = req("GET", "/tr?id=1&ev=PageView")
+        .header("user-agent", user_agent)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(
+        Via {
+            addr,
+            tls: None,
+            h2: false,
+        },
+        r,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn drop_request_answers_as_the_vendor_without_contacting_it() {
     let mock = Mock::plain().await;
     let routes = "[[route]]\nname = \"p\"\npath = \"/tr\"\nupstream = \"v\"\nanswer = { status = 200, content_type = \"image/gif\", body_base64 = \"R0lGODlhAQABAAAAACw=\" }\n\n[[route.rule]]\nname = \"bots are not counted\"\ndrop_request = true\nwhen.bot = true\n";
     let gw = Gw::start(GwOptions::new(&gateway_rules(routes)).upstream("v", mock.url())).await;
-    let bot = send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
-        req("GET", "/tr?id=1&ev=PageView")
-            .header(
-                "user-agent",
-                "Googlebot/2.1 (+http://www.google.com/bot.html)",
-            )
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let bot = pixel(gw.http, "Googlebot/2.1 (+http://www.google.com/bot.html)").await;
     assert_eq!(bot.status, 200);
     assert_eq!(bot.header("content-type"), Some("image/gif"));
     assert_eq!(&bot.body[..6], b"GIF89a");
     assert_eq!(mock.count(), 0);
     assert_eq!(gw.gw.metrics.dropped_by_rule.load(Relaxed), 1);
-    let browser = send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
-        req("GET", "/tr?id=1&ev=PageView")
-            .header(
-                "user-agent",
-                "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
-            )
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let browser = pixel(gw.http, "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0").await;
     assert_eq!(browser.status, 204);
     assert_eq!(mock.count(), 1);
 }

@@ -21,7 +21,7 @@ pub fn encode(doc: &Doc<'_>) -> Encoded {
     let q = &doc.parts[0];
     if q.changed {
         if let Value::Obj(o) = &q.root {
-            let mut s = String::with_capacity(256);
+            let mut s = String::with_capacity(doc.sizes.0 + doc.sizes.0 / 8 + 64);
             query::encode(o, doc.query_spaces, &mut s, &nested_text);
             out.query = Some(s);
         }
@@ -33,7 +33,7 @@ pub fn encode(doc: &Doc<'_>) -> Encoded {
 }
 
 fn encode_body(doc: &Doc<'_>) -> String {
-    let mut s = String::with_capacity(512);
+    let mut s = String::with_capacity(doc.sizes.1 + doc.sizes.1 / 8 + 64);
     let body = doc.parts.iter().filter(|p| p.origin != Origin::Query);
     match &doc.frame {
         Frame::Empty | Frame::Opaque => {}

@@ -190,7 +190,9 @@ impl Compiler {
             events,
             event_field,
             nested,
+            keys: Default::default(),
         }
+        .index_keys()
     }
 
     /// Compiles a rule set, `[[ruleset.NAME]]`.

@@ -112,6 +112,9 @@ pub struct Doc<'a> {
     pub wrap: Option<BodyWrap>,
     /// Space style of the URL query.
     pub query_spaces: query::Spaces,
+    /// Lengths of the query and the (unwrapped) body as received: the encoder sizes its
+    /// output from them, so that writing a changed part never grows a buffer.
+    pub sizes: (usize, usize),
 }
 
 /// Why a payload could not be decoded.
@@ -282,6 +285,7 @@ pub fn decode<'a>(
         frame,
         wrap: input.wrap,
         query_spaces,
+        sizes: (query.len(), body.len()),
     })
 }
 

@@ -75,6 +75,7 @@ pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
                 v,
             )),
             bare,
+            class: 0,
         });
         if i >= b.len() {
             break;

@@ -75,6 +75,9 @@ pub struct Entry<'a> {
     pub value: Value<'a>,
     /// A query-string key without `=` (`…&debug&…`).
     pub bare: bool,
+    /// Which of the running program's key patterns match `key` (`rules::keys`); 0 until a
+    /// rule first looks, and again after the key changes.
+    pub class: u64,
 }
 
 /// An array (JSON only).
@@ -175,6 +178,7 @@ impl<'a> Value<'a> {
                         raw_key: None,
                         value: e.value.into_owned(),
                         bare: e.bare,
+                        class: 0,
                     })
                     .collect(),
                 raw: None,
@@ -239,6 +243,7 @@ impl<'a> Obj<'a> {
                 raw_key: None,
                 value,
                 bare: false,
+                class: 0,
             });
         }
     }

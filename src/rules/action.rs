@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::cond::Ctx;
 use super::detect::{self, Kinds};
+use super::keys::KeyIndex;
 use super::select::{KeyPat, Selector};
 use super::walk;
 use crate::decode::{Str, Value};
@@ -105,6 +106,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// The selectors that pick fields by key (not `set`/`rename`, which name one field each):
+    /// what the program's [`KeyIndex`] classifies.
+    pub fn selectors_mut(&mut self) -> &mut [Selector] {
+        match self {
+            Action::Drop(f)
+            | Action::Keep(f)
+            | Action::Hash { fields: f, .. }
+            | Action::Redact { fields: f, .. }
+            | Action::StripUrl { fields: f, .. }
+            | Action::TruncateIp { fields: f, .. } => f,
+            Action::Set(_) | Action::Rename(_) | Action::DropRequest => &mut [],
+        }
+    }
+
     /// The action's name as written in rule files.
     pub fn verb(&self) -> &'static str {
         match self {
@@ -129,15 +144,16 @@ pub fn apply<'a>(
     in_body: bool,
     ctx: &Ctx<'_>,
     key: &HmacKey,
+    idx: &KeyIndex,
 ) -> bool {
     match action {
-        Action::Drop(sels) => walk::remove(root, flat, sels, in_body, &mut |_, _| {}),
-        Action::Keep(sels) => walk::retain(root, flat, sels, in_body, &mut |_, _| {}),
+        Action::Drop(sels) => walk::remove(root, flat, sels, in_body, idx, &mut |_, _| {}),
+        Action::Keep(sels) => walk::retain(root, flat, sels, in_body, idx, &mut |_, _| {}),
         Action::Hash {
             fields,
             normalize,
             alg,
-        } => walk::visit(root, flat, fields, in_body, &mut |_, v| {
+        } => walk::visit(root, flat, fields, in_body, idx, &mut |_, v| {
             hash_value(v, *normalize, *alg, key)
         }),
         Action::Redact {
@@ -145,11 +161,11 @@ pub fn apply<'a>(
             kinds,
             patterns,
             replace,
-        } => walk::visit(root, flat, fields, in_body, &mut |_, v| {
+        } => walk::visit(root, flat, fields, in_body, idx, &mut |_, v| {
             redact_value(v, *kinds, patterns, replace, key)
         }),
         Action::StripUrl { fields, how } => {
-            walk::visit(root, flat, fields, in_body, &mut |_, v| match v {
+            walk::visit(root, flat, fields, in_body, idx, &mut |_, v| match v {
                 Value::Str(st) => match strip_url(&st.text, how) {
                     Some(new) => {
                         st.set(new);
@@ -161,7 +177,7 @@ pub fn apply<'a>(
             })
         }
         Action::TruncateIp { fields, v4, v6 } => {
-            walk::visit(root, flat, fields, in_body, &mut |_, v| {
+            walk::visit(root, flat, fields, in_body, idx, &mut |_, v| {
                 truncate_value(v, *v4, *v6)
             })
         }
@@ -196,7 +212,7 @@ pub fn render(tpl: &[Piece], ctx: &Ctx<'_>) -> Option<String> {
                 if !crate::clientip::is_public(ctx.client_ip) {
                     return None;
                 }
-                out.push_str(&crate::clientip::truncate(ctx.client_ip, *v4, *v6).to_string());
+                push_ip(&mut out, crate::clientip::truncate(ctx.client_ip, *v4, *v6));
             }
             Piece::Header(h) => out.push_str(ctx.header(h)?),
             Piece::Cookie(c) => out.push_str(ctx.cookie(c)?),
@@ -243,6 +259,31 @@ pub fn digest(s: &str, alg: HashAlg, key: &HmacKey) -> String {
             hex_lower(&m.finalize().into_bytes())
         }
         HashAlg::Sha256 => hex_lower(&Sha256::digest(s.as_bytes())),
+    }
+}
+
+/// Appends an address in its usual text form. IPv4 is written by hand: `Display` goes through
+/// the formatting machinery, which cost more than the rest of a `set` rule.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push((b'0' + o / 100) as char);
+                }
+                if o >= 10 {
+                    out.push((b'0' + o / 10 % 10) as char);
+                }
+                out.push((b'0' + o % 10) as char);
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -486,5 +527,21 @@ mod tests {
         assert!(hash_value(&mut v, None, HashAlg::HmacSha256, &key));
         assert_ne!(v.as_str().unwrap(), h);
         assert_eq!(v.as_str().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "203.0.113.0",
+            "10.20.255.9",
+            "1.100.99.255",
+            "2001:db8::",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
     }
 }

@@ -10,12 +10,14 @@
 pub mod action;
 pub mod cond;
 pub mod detect;
+pub mod keys;
 pub mod scan;
 pub mod select;
 pub mod walk;
 
 use action::{Action, HmacKey};
 use cond::{Cond, Ctx, EventView};
+use keys::KeyIndex;
 use select::Selector;
 
 use crate::decode::{self, DecodeError, Doc, Origin, Value};
@@ -68,6 +70,9 @@ pub struct Program {
     pub event_field: Selector,
     /// Fields that carry a document (JSON, base64 of JSON).
     pub nested: Vec<Selector>,
+    /// The flat key patterns of all the above, classified once per field ([`keys`]); built by
+    /// [`Program::index_keys`].
+    pub keys: KeyIndex,
 }
 
 /// What to do with the request after the rules.
@@ -96,7 +101,26 @@ impl Program {
             events: None,
             event_field: Selector::parse("event").expect("valid selector"),
             nested: vec![],
+            keys: KeyIndex::default(),
         }
+    }
+
+    /// Gives every field selector of the program a bit in its key index. Called once, when the
+    /// program is compiled.
+    pub fn index_keys(mut self) -> Program {
+        let mut idx = KeyIndex::default();
+        for rule in &mut self.rules {
+            rule.action
+                .selectors_mut()
+                .iter_mut()
+                .for_each(|s| idx.add(s));
+        }
+        if let Some(scan) = &mut self.scan {
+            scan.exempt.iter_mut().for_each(|s| idx.add(s));
+        }
+        self.nested.iter_mut().for_each(|s| idx.add(s));
+        self.keys = idx;
+        self
     }
 
     /// Whether the program has nothing to do (the relay can skip decoding entirely).
@@ -117,6 +141,7 @@ impl Program {
                 part.flat,
                 &self.nested,
                 in_body,
+                &self.keys,
                 &mut |key, v| {
                     if let Value::Str(s) = v {
                         if let Err(e) = decode::decode_nested(key, s) {
@@ -141,7 +166,7 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            scan::run(doc, s, key, self.events.as_ref());
+            scan::run(doc, s, key, self.events.as_ref(), &self.keys);
         }
         Outcome::Forward
     }
@@ -163,7 +188,7 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            scan::run(doc, s, key, self.events.as_ref());
+            scan::run(doc, s, key, self.events.as_ref(), &self.keys);
             after("personal-data scan", doc);
         }
         Outcome::Forward
@@ -186,7 +211,7 @@ impl Program {
                 return Some(Outcome::Drop(rule.label.clone()));
             }
             for t in self.targets(doc, true) {
-                apply_at(&rule.action, doc, &t, ctx, key);
+                apply_at(&rule.action, doc, &t, ctx, key, &self.keys);
             }
             return None;
         }
@@ -213,7 +238,7 @@ impl Program {
             return None;
         }
         for t in &hits {
-            apply_at(&rule.action, doc, t, ctx, key);
+            apply_at(&rule.action, doc, t, ctx, key, &self.keys);
         }
         None
     }
@@ -269,11 +294,18 @@ impl Program {
     }
 }
 
-fn apply_at(action: &Action, doc: &mut Doc<'_>, t: &Target, ctx: &Ctx<'_>, key: &HmacKey) {
+fn apply_at(
+    action: &Action,
+    doc: &mut Doc<'_>,
+    t: &Target,
+    ctx: &Ctx<'_>,
+    key: &HmacKey,
+    idx: &KeyIndex,
+) {
     let part = &mut doc.parts[t.part];
     let (flat, in_body) = (part.flat, part.origin != Origin::Query);
     if walk::at_mut(&mut part.root, &t.path, &mut |v| {
-        action::apply(action, v, flat, in_body, ctx, key)
+        action::apply(action, v, flat, in_body, ctx, key, idx)
     }) {
         part.changed = true;
     }

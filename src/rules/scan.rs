@@ -6,6 +6,7 @@
 
 use super::action::{HmacKey, Replace, redact_text};
 use super::detect::Kinds;
+use super::keys::KeyIndex;
 use super::select::Selector;
 use super::walk;
 use crate::decode::{Doc, Origin, Value};
@@ -20,11 +21,17 @@ pub struct Scan {
 
 /// Scans every part of `doc`; marks changed parts. `events`: where a JSON body's events are;
 /// exempt selectors are then relative to each event, like every other body selector.
-pub fn run(doc: &mut Doc<'_>, scan: &Scan, key: &HmacKey, events: Option<&Selector>) {
+pub fn run(
+    doc: &mut Doc<'_>,
+    scan: &Scan,
+    key: &HmacKey,
+    events: Option<&Selector>,
+    idx: &KeyIndex,
+) {
     for part in &mut doc.parts {
         let in_body = part.origin != Origin::Query;
         let exempt = |v: &mut Value<'_>, flat: bool| {
-            walk::visit(v, flat, &scan.exempt, in_body, &mut |_, v| {
+            walk::visit(v, flat, &scan.exempt, in_body, idx, &mut |_, v| {
                 mark(v);
                 false
             });

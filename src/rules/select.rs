@@ -123,6 +123,11 @@ fn find_short(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl Glob {
+    /// The pattern as written (`ep.*email*`).
+    pub fn text(&self) -> String {
+        self.pieces.join("*")
+    }
+
     fn matches(&self, mut s: &[u8]) -> bool {
         if s.len() < self.min_len || head8(s) & self.head_mask != self.head {
             return false;
@@ -217,6 +222,9 @@ pub struct Selector {
     /// First bytes of the flat keys this selector can match (itself or a nested prefix): a
     /// key outside it is skipped with one bit test.
     pub first: ByteSet,
+    /// This selector's bit in its program's [`KeyIndex`](super::keys::KeyIndex); 0 outside a
+    /// program (matched directly).
+    pub bit: u64,
 }
 
 impl fmt::Display for Selector {
@@ -262,6 +270,7 @@ impl Selector {
                 steps: vec![],
                 nested: vec![],
                 first: ByteSet::default(),
+                bit: 0,
             });
         }
         if rest.is_empty() {
@@ -288,6 +297,7 @@ impl Selector {
             steps,
             nested,
             first,
+            bit: 0,
         })
     }
 

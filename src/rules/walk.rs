@@ -5,35 +5,37 @@
 
 use std::borrow::Cow;
 
-use super::select::{ByteSet, KeyPat, Selector, Step};
+use super::keys::{self, KeyIndex, Plan};
+use super::select::{KeyPat, Selector, Step};
 use crate::decode::{Str, Value};
 
 /// Calls `f` on every value a selector of `sels` (those that apply to this part) matches
-/// under `root`. Flat parts take one pass over their fields whatever the number of selectors.
+/// under `root`. Flat parts take one pass over their fields whatever the number of selectors;
+/// `idx` is the running program's key index (the selectors' bits refer to it).
 pub fn visit<'a>(
     root: &mut Value<'a>,
     flat: bool,
     sels: &[Selector],
     in_body: bool,
+    idx: &KeyIndex,
     f: &mut dyn FnMut(&str, &mut Value<'a>) -> bool,
 ) -> bool {
     let mut changed = false;
     match root {
         Value::Obj(obj) if flat => {
-            let admit = admitted(sels, in_body);
+            let plan = Plan::new(sels, in_body);
             for e in &mut obj.entries {
-                if !admit.admits(&e.key) {
+                let nested = has_nested(&e.value);
+                let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
+                if class & plan.mask == 0 && !plan.direct.admits(&e.key) && !nested {
                     continue;
                 }
-                for sel in sels
-                    .iter()
-                    .filter(|s| s.applies(in_body) && s.first.admits(&e.key))
-                {
-                    if sel.flat.matches(&e.key) {
+                for sel in sels.iter().filter(|s| s.applies(in_body)) {
+                    if keys::flat_hit(sel, class, &e.key) {
                         changed |= f(&e.key, &mut e.value);
                         break;
                     }
-                    if !has_nested(&e.value) {
+                    if !nested {
                         continue;
                     }
                     for (kp, steps) in &sel.nested {
@@ -57,13 +59,6 @@ pub fn visit<'a>(
 #[inline]
 fn has_nested(v: &Value<'_>) -> bool {
     matches!(v, Value::Str(s) if s.nested.is_some())
-}
-
-/// The bytes a field's key may start with to be matched by any of `sels`.
-fn admitted(sels: &[Selector], in_body: bool) -> ByteSet {
-    sels.iter()
-        .filter(|s| s.applies(in_body))
-        .fold(ByteSet::default(), |acc, s| acc.union(s.first))
 }
 
 /// Continues a path inside the document a string carries.
@@ -164,6 +159,7 @@ pub fn remove<'a>(
     flat: bool,
     sels: &[Selector],
     in_body: bool,
+    idx: &KeyIndex,
     seen: &mut dyn FnMut(&str, &Value<'a>),
 ) -> bool {
     if !flat {
@@ -174,13 +170,14 @@ pub fn remove<'a>(
         return c;
     }
     let Value::Obj(obj) = root else { return false };
-    let admit = admitted(sels, in_body);
+    let plan = Plan::new(sels, in_body);
     let before = obj.entries.len();
-    obj.entries.retain(|e| {
-        let hit = admit.admits(&e.key)
+    obj.entries.retain_mut(|e| {
+        let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
+        let hit = (class & plan.mask != 0 || plan.direct.admits(&e.key))
             && sels
                 .iter()
-                .any(|s| s.applies(in_body) && s.first.admits(&e.key) && s.flat.matches(&e.key));
+                .any(|s| s.applies(in_body) && keys::flat_hit(s, class, &e.key));
         if hit {
             seen(&e.key, &e.value);
         }
@@ -188,7 +185,7 @@ pub fn remove<'a>(
     });
     let mut changed = obj.entries.len() != before;
     for e in &mut obj.entries {
-        if !admit.admits(&e.key) || !has_nested(&e.value) {
+        if !has_nested(&e.value) {
             continue;
         }
         for sel in sels.iter().filter(|s| s.applies(in_body)) {
@@ -291,15 +288,18 @@ pub fn retain<'a>(
     flat: bool,
     sels: &[Selector],
     in_body: bool,
+    idx: &KeyIndex,
     seen: &mut dyn FnMut(&str, &Value<'a>),
 ) -> bool {
     if flat {
         let Value::Obj(obj) = root else { return false };
+        let plan = Plan::new(sels, in_body);
         let before = obj.entries.len();
-        obj.entries.retain(|e| {
+        obj.entries.retain_mut(|e| {
+            let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
             let keep = sels.iter().filter(|s| s.applies(in_body)).any(|s| {
-                s.first.admits(&e.key)
-                    && (s.flat.matches(&e.key) || s.nested.iter().any(|(k, _)| k.matches(&e.key)))
+                keys::flat_hit(s, class, &e.key)
+                    || (s.first.admits(&e.key) && s.nested.iter().any(|(k, _)| k.matches(&e.key)))
             });
             if !keep {
                 seen(&e.key, &e.value);
@@ -459,6 +459,7 @@ fn set_path<'a>(v: &mut Value<'a>, steps: &[Step], value: Value<'a>) -> bool {
                 raw_key: None,
                 value: Value::Obj(Default::default()),
                 bare: false,
+                class: 0,
             });
         }
         o.get_mut(k)
@@ -488,6 +489,7 @@ pub fn rename(root: &mut Value<'_>, flat: bool, sel: &Selector, to: &str) -> boo
         if last.matches(&e.key) {
             e.key = Cow::Owned(to.to_string());
             e.raw_key = None;
+            e.class = 0;
             changed = true;
         }
     }

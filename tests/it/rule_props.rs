@@ -11,6 +11,7 @@ use tagway::decode::{Value, query};
 use tagway::route::Lookup;
 use tagway::rules::action::{HmacKey, Replace, redact_text};
 use tagway::rules::detect::Kinds;
+use tagway::rules::keys::KeyIndex;
 use tagway::rules::select::Selector;
 use tagway::rules::walk;
 use tagway::ruleset::RuleSet;
@@ -197,6 +198,8 @@ proptest! {
             Just("ep.*"), Just("ep.a*"), Just("*b*"), Just("up.*c"), Just("e"), Just("ep.ab"),
             Just("*"), Just("u*"),
         ],
+        // Through a program's key index (the gateway's path) or matched directly.
+        indexed in any::<bool>(),
     ) {
         let q: String = keys
             .iter()
@@ -204,12 +207,20 @@ proptest! {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("&");
-        let sel = Selector::parse(pattern).unwrap();
+        let mut sel = Selector::parse(pattern).unwrap();
+        let mut idx = KeyIndex::default();
+        if indexed {
+            // Other patterns in the same index must not disturb this one's bit.
+            for other in ["ep.zz", "u*c", "e"] {
+                idx.add(&mut Selector::parse(other).unwrap());
+            }
+            idx.add(&mut sel);
+        }
         let (obj, spaces) = query::decode(&q);
         let mut root = Value::Obj(obj);
-        walk::remove(&mut root, true, std::slice::from_ref(&sel), false, &mut |_, _| {});
+        walk::remove(&mut root, true, std::slice::from_ref(&sel), false, &idx, &mut |_, _| {});
         // And a visit that only reads must change nothing.
-        walk::visit(&mut root, true, std::slice::from_ref(&sel), false, &mut |_, _| false);
+        walk::visit(&mut root, true, std::slice::from_ref(&sel), false, &idx, &mut |_, _| false);
         let Value::Obj(obj) = &root else { unreachable!() };
         let mut out = String::new();
         let changed = obj.entries.len() != keys.len();
@@ -238,7 +249,14 @@ fn unescape_is_used_consistently_for_keys() {
     let (obj, _) = query::decode("ep%2Eemail=a&ep.x=b");
     let mut root = Value::Obj(obj);
     let sel = Selector::parse("ep.email").unwrap();
-    assert!(walk::remove(&mut root, true, &[sel], false, &mut |_, _| {}));
+    assert!(walk::remove(
+        &mut root,
+        true,
+        &[sel],
+        false,
+        &KeyIndex::EMPTY,
+        &mut |_, _| {}
+    ));
     let Value::Obj(o) = &root else { unreachable!() };
     assert_eq!(o.entries.len(), 1);
     assert_eq!(o.entries[0].key, Cow::Borrowed("ep.x"));

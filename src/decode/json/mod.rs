@@ -251,6 +251,7 @@ impl<'a> Parser<'a> {
                     raw_key,
                     value,
                     bare: false,
+                    class: 0,
                 });
                 self.ws();
                 match self.peek() {

@@ -177,6 +177,7 @@ fn decode_part<'a>(
             raw_key: Some(name),
             value,
             bare: false,
+            class: 0,
         },
         Part { name, head, tail },
         next,

@@ -230,7 +230,7 @@ proptest! {
         if !obj.entries.is_empty() {
             obj.entries.remove(drop.index(obj.entries.len()));
         }
-        obj.entries.push(Entry { key: Cow::Borrowed("n\"ew"), raw_key: None, value: Value::str("v"), bare: false });
+        obj.entries.push(Entry { key: Cow::Borrowed("n\"ew"), raw_key: None, value: Value::str("v"), bare: false, class: 0 });
         let out = encoded(&obj, &layout);
         let again = decode(&out, B).unwrap().0;
         prop_assert_eq!(fields(&again), fields(&obj));

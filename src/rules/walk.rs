@@ -512,10 +512,16 @@ fn find_mut<'v, 'a>(v: &'v mut Value<'a>, steps: &[Step]) -> Option<&'v mut Valu
 }
 
 /// Index paths (object entry / array item positions) of every value `steps` match.
+/// The index paths of the values `steps` reaches (the events of a JSON body). An events path
+/// of just `[*]` on a body that is one object takes that object as the one event: PostHog's
+/// endpoints take one event or an array of them.
 pub fn paths(root: &Value<'_>, steps: &[Step]) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     collect_paths(root, steps, &mut cur, &mut out);
+    if out.is_empty() && matches!(steps, [Step::AnyIndex]) && matches!(root, Value::Obj(_)) {
+        out.push(Vec::new());
+    }
     out
 }
 

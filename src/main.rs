@@ -496,6 +496,7 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
         tls: bind(a.tls_listen.0, "--tls-listen")?,
         admin: bind(a.admin_listen.0, "--admin-listen")?,
     };
+    let shutdown = shutdown_signal();
     for (what, l) in [
         ("http", &listeners.plain),
         ("https", &listeners.tls),
@@ -506,7 +507,7 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
         }
     }
     let _watcher = tagway::watch::start(gw.clone());
-    tagway::run(gw, listeners, shutdown_signal()).await?;
+    tagway::run(gw, listeners, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -519,24 +520,33 @@ fn bind(addr: Option<SocketAddr>, flag: &str) -> Result<Option<std::net::TcpList
     Ok(Some(l))
 }
 
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers now, before the listeners are announced (so a
+/// signal sent right after the "listening" line is never taken by the default action, which
+/// kills the process without draining), and returns the future that waits for either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -110,6 +110,25 @@ pub fn run(rules: &RuleSet, spec: &TestSpec) -> Vec<String> {
         Ok(i) => i,
         Err(err) => return vec![err],
     };
+    // `header:NAME`: the header as the client sent it, and as it leaves for the vendor.
+    for (i, (_, sel)) in sels.iter().enumerate() {
+        if let crate::rules::select::Scope::Header(name) = &sel.scope {
+            let sent = req
+                .headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let leaves = ins.sent.as_ref().and_then(|s| {
+                s.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            });
+            if let (Some(b), Some(a)) = (before.get_mut(i), after.get_mut(i)) {
+                (*b, *a) = (sent, leaves);
+            }
+        }
+    }
     if let Some(want) = &spec.route {
         if ins.route != *want {
             fails.push(format!("reached route {:?}, expected {want:?}", ins.route));

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod browser;
 mod certs;
 mod codecs;
 mod headers;

@@ -2,9 +2,13 @@
 
 use std::path::Path;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::Digest;
 
 pub struct TestCa {
     pub cert_pem: String,
@@ -15,6 +19,9 @@ pub struct TestCa {
 pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
+    /// Base64 of the SHA-256 of the public key (SubjectPublicKeyInfo), as Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes it.
+    pub spki_sha256: String,
 }
 
 impl TestCa {
@@ -42,6 +49,8 @@ impl TestCa {
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            spki_sha256: base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(key.subject_public_key_info())),
         }
     }
 

@@ -13,6 +13,8 @@ use tagway::{Gateway, Listeners, Settings};
 pub struct GwOptions {
     /// Text of `rules/00-test.toml`.
     pub rules: String,
+    /// More rule files: (file name, text).
+    pub files: Vec<(String, String)>,
     pub upstreams: Vec<(String, String)>,
     /// Serve TLS with certificates from `certs` (a folder), generated when `None`.
     pub tls: bool,
@@ -33,6 +35,7 @@ impl GwOptions {
     pub fn new(rules: &str) -> Self {
         GwOptions {
             rules: rules.to_string(),
+            files: Vec::new(),
             upstreams: Vec::new(),
             tls: false,
             certs: None,
@@ -75,6 +78,9 @@ impl Gw {
     pub async fn try_start(o: GwOptions) -> Result<Gw, String> {
         let rules_dir = tempfile::tempdir().unwrap();
         std::fs::write(rules_dir.path().join("00-test.toml"), &o.rules).unwrap();
+        for (name, text) in &o.files {
+            std::fs::write(rules_dir.path().join(name), text).unwrap();
+        }
         let mut s = Settings::new(RulesSource::Dir(rules_dir.path().to_path_buf()));
         s.header_timeout = o.header_timeout;
         s.idle_timeout = o.idle_timeout;

@@ -10,8 +10,10 @@
 pub mod action;
 pub mod cond;
 pub mod detect;
+pub mod ids;
 pub mod scan;
 pub mod select;
+pub mod tcf;
 pub mod walk;
 
 use action::{Action, HmacKey};
@@ -68,6 +70,8 @@ pub struct Program {
     pub event_field: Selector,
     /// Fields that carry a document (JSON, base64 of JSON).
     pub nested: Vec<Selector>,
+    /// The site's ids this route relays (`id_field` + `id_list`); `None`: any id.
+    pub ids: Option<ids::IdCheck>,
 }
 
 /// What to do with the request after the rules.
@@ -96,12 +100,13 @@ impl Program {
             events: None,
             event_field: Selector::parse("event").expect("valid selector"),
             nested: vec![],
+            ids: None,
         }
     }
 
     /// Whether the program has nothing to do (the relay can skip decoding entirely).
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.scan.is_none()
+        self.rules.is_empty() && self.scan.is_none() && self.ids.is_none()
     }
 
     /// Decodes the route's nested fields in place.

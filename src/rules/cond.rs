@@ -76,6 +76,8 @@ pub struct Ctx<'r> {
     pub headers: &'r HeaderMap,
     pub client_ip: IpAddr,
     pub site: &'r SiteInputs,
+    /// The request's TC string, decoded at most once (`None` inside: none, or unreadable).
+    pub tcf: std::cell::OnceCell<Option<super::tcf::TcCore>>,
 }
 
 impl Ctx<'_> {
@@ -108,10 +110,11 @@ impl Ctx<'_> {
     /// Consent per purpose: a denial from any source wins.
     pub fn consent(&self, doc: &Doc<'_>, p: Purpose) -> Signal {
         let mut s = ga4_signal(doc, p);
-        if let Some(tc) = self
-            .tcf_string(doc)
-            .and_then(|t| super::tcf::decode(t).ok())
-        {
+        let tc = self.tcf.get_or_init(|| {
+            self.tcf_string(doc)
+                .and_then(|t| super::tcf::decode(t).ok())
+        });
+        if let Some(tc) = tc {
             s = merge(s, tc.signal(p));
         }
         if let Some(cc) = &self.site.consent_cookie {

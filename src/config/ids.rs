@@ -15,17 +15,20 @@ impl Compiler {
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok_name {
+                // The key has no span of its own; point at its first id.
+                if let Some(first) = ids.first() {
+                    self.err(
+                        t,
+                        first.span(),
+                        format!("[site.ids] list name {name:?}: use letters, digits, `-` and `_`"),
+                    );
+                }
+                continue;
+            }
             let mut list = Vec::new();
             for id in ids {
                 let v = id.get_ref().trim();
-                if !ok_name {
-                    self.err(
-                        t,
-                        id.span(),
-                        format!("[site.ids] list name {name:?}: use letters, digits, `-` and `_`"),
-                    );
-                    break;
-                }
                 if v.is_empty() || v.chars().any(char::is_control) {
                     self.err(
                         t,

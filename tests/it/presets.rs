@@ -495,4 +495,19 @@ fn id_lists_warn_when_empty_or_unused_and_misuse_is_a_load_error() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("id_field needs id_list"), "{e}");
+    let empty_id = load(
+        &RulesSource::Texts(vec![tagway::config::RuleText {
+            name: "t.toml".into(),
+            text: "[site]\n[site.ids]\nga4 = [\"G-1\", \" \"]\n".into(),
+        }]),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        empty_id.to_string().contains("t.toml:3:")
+            && empty_id
+                .to_string()
+                .contains("[site.ids] ga4: \" \" is not an id"),
+        "{empty_id}"
+    );
 }

@@ -511,3 +511,38 @@ fn id_lists_warn_when_empty_or_unused_and_misuse_is_a_load_error() {
         "{empty_id}"
     );
 }
+
+/// Every shipped preset says at its top what it does (routes, consent, client address, the
+/// site's ids) and carries its own tests.
+#[test]
+fn every_preset_is_documented_at_its_top_and_tested() {
+    let mut presets = 0;
+    for e in std::fs::read_dir("rules").unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".toml") || name == "00-site.toml" {
+            continue;
+        }
+        presets += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header: String = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for needle in [
+            "Routes:",
+            "What leaves",
+            "Consent",
+            "Client IP",
+            "The site's ids",
+        ] {
+            assert!(
+                header.contains(needle),
+                "{name}: no {needle:?} in its header"
+            );
+        }
+        assert!(text.contains("\n[[test]]\n"), "{name} carries no [[test]]");
+    }
+    assert!(presets >= 11, "found {presets} presets");
+}

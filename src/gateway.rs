@@ -124,6 +124,9 @@ impl Gateway {
                     set.source,
                     set.key_source
                 );
+                for w in &set.warnings {
+                    tracing::warn!("{w}");
+                }
                 Ok(set)
             }
             Err(e) => {

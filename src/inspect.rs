@@ -142,6 +142,7 @@ pub fn inspect(
     };
     let (sent, dropped) = match processed {
         Processed::Dropped(label) => (None, Some(label)),
+        Processed::ForeignId(why) => (None, Some(format!("the site's ids: {why}"))),
         Processed::Forward { query, body } => {
             let q = match query {
                 Some(q) if q.is_empty() => None,

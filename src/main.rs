@@ -250,6 +250,9 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                     set.upstreams[r.upstream].origin
                 );
             }
+            for w in &set.warnings {
+                say!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -485,6 +488,9 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
         rules.source,
         rules.key_source
     );
+    for w in &rules.warnings {
+        tracing::warn!("{w}");
+    }
     if rules.site.origins.is_empty() {
         tracing::warn!(
             "[site] lists no origins: browsers on other origins cannot read answers (CORS)"

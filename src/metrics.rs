@@ -15,6 +15,8 @@ pub struct Metrics {
     pub rejected: [AtomicU64; Reject::KINDS.len()],
     /// Requests not forwarded because a `drop_request` rule said so.
     pub dropped_by_rule: AtomicU64,
+    /// Beacons not forwarded because they carry an id the site does not list (`id_field`).
+    pub dropped_foreign_id: AtomicU64,
     /// Requests not forwarded because their body could not be decoded (policy `drop`).
     pub dropped_undecodable: AtomicU64,
     pub connections_accepted: AtomicU64,
@@ -72,11 +74,16 @@ impl Metrics {
         for (k, c) in Reject::KINDS.iter().zip(&self.rejected) {
             let _ = writeln!(o, "tagway_rejected_total{{reason=\"{k}\"}} {}", g(c));
         }
-        let simple: [(&str, &str, &AtomicU64); 11] = [
+        let simple: [(&str, &str, &AtomicU64); 12] = [
             (
                 "tagway_dropped_by_rule_total",
                 "Requests answered in the vendor's place by a drop_request rule.",
                 &self.dropped_by_rule,
+            ),
+            (
+                "tagway_dropped_foreign_id_total",
+                "Beacons for an id not in the site's [site.ids] list, answered in the vendor's place.",
+                &self.dropped_foreign_id,
             ),
             (
                 "tagway_dropped_undecodable_total",

@@ -165,6 +165,11 @@ async fn relay(
                     body = b;
                 }
             }
+            Ok(Processed::ForeignId(_)) => {
+                gw.metrics.dropped_foreign_id.fetch_add(1, Relaxed);
+                tracing::debug!(route = %route.name, "not forwarded: not one of the site's ids");
+                return Ok(respond::answer(&route.answer, cors));
+            }
             Ok(Processed::Dropped(label)) => {
                 gw.metrics.dropped_by_rule.fetch_add(1, Relaxed);
                 tracing::debug!(route = %route.name, rule = %label, "not forwarded (drop_request)");

@@ -29,6 +29,9 @@ pub struct RuleSet {
     pub inputs: crate::rules::cond::SiteInputs,
     /// `[[test]]` cases: (`file:line`, spec).
     pub tests: Vec<(String, crate::config::model::TestSpec)>,
+    /// Things that load but deserve a look (routes relaying any id), logged at every load and
+    /// printed by `tagway check`.
+    pub warnings: Vec<String>,
 }
 
 /// What the gateway answers in the vendor's place (a dropped request).

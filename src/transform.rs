@@ -23,6 +23,8 @@ pub enum Processed {
     },
     /// Do not forward; the label of the rule that decided.
     Dropped(String),
+    /// Do not forward: the beacon is for an id the site does not list (`id_field`); why.
+    ForeignId(String),
 }
 
 /// Sees the document at each step of [`process`] (for `explain` and the inspector).
@@ -56,7 +58,16 @@ pub fn process(
         headers,
         client_ip,
         site: &rules.inputs,
+        tcf: Default::default(),
     };
+    if let Some(ids) = &program.ids {
+        if let Err(why) = ids.check(&mut doc, &program.keys) {
+            if let Some(f) = observe {
+                f("received", &doc);
+            }
+            return Ok(Processed::ForeignId(why));
+        }
+    }
     let outcome = match observe {
         Some(f) => {
             f("received", &doc);

@@ -64,6 +64,8 @@ pub fn compile(
         diags,
         upstream_index: HashMap::new(),
         upstreams: Vec::new(),
+        site_ids: BTreeMap::new(),
+        id_lists_used: BTreeMap::new(),
     };
     let set = c.run(&parsed, overrides, source, texts.len(), secrets);
     if c.diags.is_empty() {
@@ -79,6 +81,10 @@ pub(super) struct Compiler {
     diags: Vec<Diagnostic>,
     upstream_index: HashMap<String, usize>,
     upstreams: Vec<Upstream>,
+    /// `[site.ids]`: the site's own ids per list name (see `ids.rs`).
+    pub(super) site_ids: BTreeMap<String, Vec<String>>,
+    /// Lists named by routes' `id_list`, with the routes naming them.
+    pub(super) id_lists_used: BTreeMap<String, Vec<String>>,
 }
 
 fn src(t: &RuleText) -> Source<'_> {
@@ -121,6 +127,7 @@ impl Compiler {
                     );
                 } else {
                     site = Some(self.site(t, s.get_ref()));
+                    self.site_ids(t, s.get_ref());
                 }
             }
         }
@@ -197,6 +204,7 @@ impl Compiler {
             }
         }
         self.check_ambiguity(&table, &placed);
+        let warnings = self.id_warnings();
         let mut tests = Vec::new();
         for (t, f) in files {
             for spec in &f.tests {
@@ -214,6 +222,7 @@ impl Compiler {
             key_source: site_rules.key_source,
             inputs: site_rules.inputs,
             tests,
+            warnings,
         }
     }
 

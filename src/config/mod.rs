@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod diag;
+mod ids;
 pub mod load;
 pub mod model;
 mod rules;

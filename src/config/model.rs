@@ -50,6 +50,14 @@ pub struct SiteSpec {
     /// The site's consent cookie: `{ name = "site_consent", analytics = "analytics", ads = "ads" }`
     /// (the value lists the granted purposes' tokens).
     pub consent_cookie: Option<Spanned<ConsentCookieSpec>>,
+    /// The cookie holding an IAB TCF v2 string (default `euconsent-v2`; `""`: read only the
+    /// URL's `gdpr_consent`).
+    pub tcf_cookie: Option<String>,
+    /// The site's own measurement and pixel ids, per list name (`ga4 = ["G-…"]`): routes with
+    /// `id_field` and `id_list` drop beacons for any other id. An absent or empty list lets
+    /// every id through (and a warning says so at load).
+    #[serde(default)]
+    pub ids: BTreeMap<String, Vec<Spanned<String>>>,
     /// More User-Agent patterns (regexes) counted as bots by `when.bot`.
     #[serde(default)]
     pub bots: Vec<Spanned<String>>,
@@ -129,6 +137,12 @@ pub struct RouteSpec {
     pub events: Option<Spanned<String>>,
     /// The field holding an event's name (default: `en` for ga4, `event` otherwise).
     pub event_field: Option<Spanned<String>>,
+    /// Where the beacon's measurement or pixel id is (`tid`, `id`, `context.pixel.code`): a
+    /// whole-document selector. With `id_list`, beacons for ids not in that `[site.ids]` list
+    /// are answered in the vendor's place and counted, never forwarded.
+    pub id_field: Option<Spanned<String>>,
+    /// The `[site.ids]` list (`ga4`, `meta`, …) naming the site's own ids for this route.
+    pub id_list: Option<Spanned<String>>,
     /// Shared rule sets applied first, in order.
     #[serde(default)]
     pub rulesets: Vec<Spanned<String>>,

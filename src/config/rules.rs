@@ -34,6 +34,9 @@ const ACTIONS: [&str; 9] = [
     "drop_request",
 ];
 
+/// The cookie TCF consent platforms keep the TC string in (IAB's recommended name).
+pub const DEFAULT_TCF_COOKIE: &str = "euconsent-v2";
+
 /// Site-level compiled rule inputs.
 pub struct SiteRules {
     pub key: HmacKey,
@@ -84,6 +87,11 @@ impl Compiler {
             .expect("HMAC takes keys of any length");
         let mut bots = vec![BOT_PATTERN.to_string()];
         let mut consent_cookie = None;
+        let tcf_cookie = match s.and_then(|s| s.tcf_cookie.as_ref()) {
+            Some(c) if c.is_empty() => None,
+            Some(c) => Some(c.clone()),
+            None => Some(DEFAULT_TCF_COOKIE.to_string()),
+        };
         if let (Some(t), Some(s)) = (t, s) {
             for b in &s.bots {
                 match Regex::new(b.get_ref()) {
@@ -118,6 +126,7 @@ impl Compiler {
             key_source,
             inputs: SiteInputs {
                 consent_cookie,
+                tcf_cookie,
                 bots,
             },
         }
@@ -183,6 +192,7 @@ impl Compiler {
                 replace,
             })
         };
+        let ids = self.id_check(t, r);
         Program {
             codec,
             rules,
@@ -190,6 +200,7 @@ impl Compiler {
             events,
             event_field,
             nested,
+            ids,
             keys: Default::default(),
         }
         .index_keys()

@@ -1,6 +1,6 @@
 //! Conditions on rules (`when` / `unless`), and the request context they read: headers,
-//! cookies, the client address, `Sec-GPC`, consent signals (GA4 `gcs`/`gcd`, the site's
-//! consent cookie) and the bot list.
+//! cookies, the client address, `Sec-GPC`, consent signals (GA4 `gcs`/`gcd`, an IAB TCF v2
+//! string in `gdpr_consent` or the TCF cookie, the site's consent cookie) and the bot list.
 
 use std::net::IpAddr;
 
@@ -62,6 +62,9 @@ pub struct ConsentCookie {
 #[derive(Debug, Clone)]
 pub struct SiteInputs {
     pub consent_cookie: Option<ConsentCookie>,
+    /// The cookie holding an IAB TCF v2 string (`euconsent-v2` unless the site names another;
+    /// `None`: only the URL's `gdpr_consent` is read).
+    pub tcf_cookie: Option<String>,
     pub bots: Regex,
 }
 
@@ -73,6 +76,8 @@ pub struct Ctx<'r> {
     pub headers: &'r HeaderMap,
     pub client_ip: IpAddr,
     pub site: &'r SiteInputs,
+    /// The request's TC string, decoded at most once (`None` inside: none, or unreadable).
+    pub tcf: std::cell::OnceCell<Option<super::tcf::TcCore>>,
 }
 
 impl Ctx<'_> {
@@ -105,6 +110,13 @@ impl Ctx<'_> {
     /// Consent per purpose: a denial from any source wins.
     pub fn consent(&self, doc: &Doc<'_>, p: Purpose) -> Signal {
         let mut s = ga4_signal(doc, p);
+        let tc = self.tcf.get_or_init(|| {
+            self.tcf_string(doc)
+                .and_then(|t| super::tcf::decode(t).ok())
+        });
+        if let Some(tc) = tc {
+            s = merge(s, tc.signal(p));
+        }
         if let Some(cc) = &self.site.consent_cookie {
             if let Some(value) = self.cookie(&cc.name) {
                 if let Some((_, token)) = cc.tokens.iter().find(|(q, _)| *q == p) {
@@ -123,6 +135,24 @@ impl Ctx<'_> {
             }
         }
         s
+    }
+}
+
+impl Ctx<'_> {
+    /// The request's TC string: the URL's `gdpr_consent`, else the site's TCF cookie; none
+    /// when the URL says `gdpr=0` (GDPR does not apply).
+    fn tcf_string<'d>(&'d self, doc: &'d Doc<'_>) -> Option<&'d str> {
+        let q = match &doc.parts.first()?.root {
+            Value::Obj(o) => Some(o),
+            _ => None,
+        };
+        let param = |k: &str| q.and_then(|o| o.get(k)).and_then(|v| v.as_str());
+        if param("gdpr").is_some_and(|g| g.trim() == "0") {
+            return None;
+        }
+        param("gdpr_consent")
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| self.cookie(self.site.tcf_cookie.as_deref()?))
     }
 }
 

@@ -10,9 +10,11 @@
 pub mod action;
 pub mod cond;
 pub mod detect;
+pub mod ids;
 pub mod keys;
 pub mod scan;
 pub mod select;
+pub mod tcf;
 pub mod walk;
 
 use action::{Action, HmacKey};
@@ -70,6 +72,8 @@ pub struct Program {
     pub event_field: Selector,
     /// Fields that carry a document (JSON, base64 of JSON).
     pub nested: Vec<Selector>,
+    /// The site's ids this route relays (`id_field` + `id_list`); `None`: any id.
+    pub ids: Option<ids::IdCheck>,
     /// The flat key patterns of all the above, classified once per field ([`keys`]); built by
     /// [`Program::index_keys`].
     pub keys: KeyIndex,
@@ -101,6 +105,7 @@ impl Program {
             events: None,
             event_field: Selector::parse("event").expect("valid selector"),
             nested: vec![],
+            ids: None,
             keys: KeyIndex::default(),
         }
     }
@@ -119,13 +124,16 @@ impl Program {
             scan.exempt.iter_mut().for_each(|s| idx.add(s));
         }
         self.nested.iter_mut().for_each(|s| idx.add(s));
+        if let Some(ids) = &mut self.ids {
+            idx.add(&mut ids.field);
+        }
         self.keys = idx;
         self
     }
 
     /// Whether the program has nothing to do (the relay can skip decoding entirely).
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.scan.is_none()
+        self.rules.is_empty() && self.scan.is_none() && self.ids.is_none()
     }
 
     /// Decodes the route's nested fields in place.

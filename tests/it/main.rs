@@ -9,6 +9,7 @@ mod codecs;
 mod headers;
 mod limits;
 mod packaging;
+mod presets;
 mod process;
 mod relay;
 mod reload;

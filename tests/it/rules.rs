@@ -78,6 +78,9 @@ fn every_action_and_condition_behaves_as_its_tests_say() {
         "when.bot",
         "scan_exempt",
         "scan_detectors",
+        "id_field = ",
+        "gdpr_consent=",
+        "tcf_cookie",
     ] {
         assert!(
             text.contains(needle),

@@ -1,0 +1,106 @@
+//! Compiling the site's own ids: `[site.ids]` lists, each route's `id_field` + `id_list`, and
+//! the warnings for routes that relay beacons for any id (see [`crate::rules::ids`]).
+
+use super::RuleText;
+use super::compile::Compiler;
+use super::diag::suggest;
+use super::model::{RouteSpec, SiteSpec};
+use crate::rules::ids::IdCheck;
+
+impl Compiler {
+    /// Reads `[site.ids]`: list names like route names, ids non-empty.
+    pub(super) fn site_ids(&mut self, t: &RuleText, s: &SiteSpec) {
+        for (name, ids) in &s.ids {
+            let ok_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok_name {
+                // The key has no span of its own; point at its first id.
+                if let Some(first) = ids.first() {
+                    self.err(
+                        t,
+                        first.span(),
+                        format!("[site.ids] list name {name:?}: use letters, digits, `-` and `_`"),
+                    );
+                }
+                continue;
+            }
+            let mut list = Vec::new();
+            for id in ids {
+                let v = id.get_ref().trim();
+                if v.is_empty() || v.chars().any(char::is_control) {
+                    self.err(
+                        t,
+                        id.span(),
+                        format!("[site.ids] {name}: {:?} is not an id", id.get_ref()),
+                    );
+                } else {
+                    list.push(v.to_string());
+                }
+            }
+            self.site_ids.insert(name.clone(), list);
+        }
+    }
+
+    /// A route's id check; `None` without `id_field`/`id_list` or with an empty list.
+    pub(super) fn id_check(&mut self, t: &RuleText, r: &RouteSpec) -> Option<IdCheck> {
+        let (field, list) = match (&r.id_field, &r.id_list) {
+            (None, None) => return None,
+            (Some(f), Some(l)) => (f, l),
+            (Some(f), None) => {
+                self.err(t, f.span(), "id_field needs id_list: the [site.ids] list (like \"ga4\") holding the site's ids for this route");
+                return None;
+            }
+            (None, Some(l)) => {
+                self.err(
+                    t,
+                    l.span(),
+                    "id_list needs id_field: the field carrying the beacon's id (like \"tid\")",
+                );
+                return None;
+            }
+        };
+        let sel = self.selector(t, field)?;
+        let name = list.get_ref().clone();
+        self.id_lists_used
+            .entry(name.clone())
+            .or_default()
+            .push(r.name.get_ref().clone());
+        let allowed = self.site_ids.get(&name).cloned().unwrap_or_default();
+        (!allowed.is_empty()).then_some(IdCheck {
+            field: sel,
+            list: name,
+            allowed,
+        })
+    }
+
+    /// Routes relaying beacons for any id, and lists no route uses (a typo, or a preset
+    /// switched off).
+    pub(super) fn id_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let open: Vec<String> = self
+            .id_lists_used
+            .iter()
+            .filter(|(l, _)| self.site_ids.get(*l).is_none_or(Vec::is_empty))
+            .map(|(l, routes)| format!("{l} ({})", routes.join(", ")))
+            .collect();
+        if !open.is_empty() {
+            out.push(format!(
+                "beacons for any id are relayed: [site.ids] has no ids for {}; list the site's own ids so nobody can relay their traffic or spam through this gateway",
+                open.join("; ")
+            ));
+        }
+        for (l, ids) in &self.site_ids {
+            if !ids.is_empty() && !self.id_lists_used.contains_key(l) {
+                let hint = suggest(l, self.id_lists_used.keys().map(String::as_str))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "[site.ids] {l}: no route names this list with id_list, so its ids check nothing{hint}"
+                ));
+            }
+        }
+        out
+    }
+}

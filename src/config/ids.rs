@@ -1,11 +1,44 @@
 //! Compiling the site's own ids: `[site.ids]` lists, each route's `id_field` + `id_list`, and
 //! the warnings for routes that relay beacons for any id (see [`crate::rules::ids`]).
 
+use serde::Deserialize;
+use toml::Spanned;
+
 use super::RuleText;
 use super::compile::Compiler;
 use super::diag::suggest;
 use super::model::{RouteSpec, SiteSpec};
 use crate::rules::ids::IdCheck;
+
+/// A route's `id_field`: one selector (`"tid"`) or a list (`["api_key", "**.token"]`).
+#[derive(Debug, Clone)]
+pub struct IdFields(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for IdFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IdFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field selector or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<IdFields, E> {
+                Ok(IdFields(vec![s.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<IdFields, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = a.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(IdFields(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl Compiler {
     /// Reads `[site.ids]`: list names like route names, ids non-empty.
@@ -61,7 +94,18 @@ impl Compiler {
                 return None;
             }
         };
-        let sel = self.selector(t, field)?;
+        if field.get_ref().0.is_empty() {
+            self.err(
+                t,
+                field.span(),
+                "id_field = []: name the field carrying the beacon's id (like \"tid\")",
+            );
+            return None;
+        }
+        let mut fields = Vec::new();
+        for f in &field.get_ref().0 {
+            fields.push(self.selector(t, &Spanned::new(field.span(), f.clone()))?);
+        }
         let name = list.get_ref().clone();
         self.id_lists_used
             .entry(name.clone())
@@ -69,7 +113,7 @@ impl Compiler {
             .push(r.name.get_ref().clone());
         let allowed = self.site_ids.get(&name).cloned().unwrap_or_default();
         (!allowed.is_empty()).then_some(IdCheck {
-            field: sel,
+            fields,
             list: name,
             allowed,
         })

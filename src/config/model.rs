@@ -138,9 +138,10 @@ pub struct RouteSpec {
     /// The field holding an event's name (default: `en` for ga4, `event` otherwise).
     pub event_field: Option<Spanned<String>>,
     /// Where the beacon's measurement or pixel id is (`tid`, `id`, `context.pixel.code`): a
-    /// whole-document selector. With `id_list`, beacons for ids not in that `[site.ids]` list
-    /// are answered in the vendor's place and counted, never forwarded.
-    pub id_field: Option<Spanned<String>>,
+    /// whole-document selector, or a list of them for vendors whose clients put it in different
+    /// places (PostHog `api_key` and `**.token`). With `id_list`, beacons for ids not in that
+    /// `[site.ids]` list are answered in the vendor's place and counted, never forwarded.
+    pub id_field: Option<Spanned<super::ids::IdFields>>,
     /// The `[site.ids]` list (`ga4`, `meta`, …) naming the site's own ids for this route.
     pub id_list: Option<Spanned<String>>,
     /// Shared rule sets applied first, in order.

@@ -12,8 +12,9 @@ use crate::decode::{Doc, Origin};
 /// One route's id check, compiled at load.
 #[derive(Debug, Clone)]
 pub struct IdCheck {
-    /// Where the id is: a whole-document selector (like `nested`, not relative to `events`).
-    pub field: Selector,
+    /// Where the id is: whole-document selectors (like `nested`, not relative to `events`);
+    /// a request's ids are the values of all of them.
+    pub fields: Vec<Selector>,
     /// The `[site.ids]` list's name, for messages.
     pub list: String,
     /// The site's ids (never empty: an empty list means no check at all).
@@ -27,29 +28,43 @@ impl IdCheck {
     pub fn check(&self, doc: &mut Doc<'_>, idx: &KeyIndex) -> Result<(), String> {
         let mut found = 0usize;
         let mut foreign: Option<String> = None;
-        let sels = std::slice::from_ref(&self.field);
+        let sels = &self.fields[..];
         for part in &mut doc.parts {
             let in_body = part.origin != Origin::Query;
-            walk::visit(&mut part.root, part.flat, sels, in_body, idx, &mut |_, v| {
-                if let Some(id) = v.as_str() {
-                    found += 1;
-                    let id = id.trim();
-                    if foreign.is_none() && !self.allowed.iter().any(|a| a.eq_ignore_ascii_case(id))
-                    {
-                        foreign = Some(id.chars().take(64).collect());
+            walk::visit(
+                &mut part.root,
+                part.flat,
+                sels,
+                in_body,
+                idx,
+                &mut |_, v| {
+                    if let Some(id) = v.as_str() {
+                        found += 1;
+                        let id = id.trim();
+                        if foreign.is_none()
+                            && !self.allowed.iter().any(|a| a.eq_ignore_ascii_case(id))
+                        {
+                            foreign = Some(id.chars().take(64).collect());
+                        }
                     }
-                }
-                false
-            });
+                    false
+                },
+            );
         }
+        let field = self
+            .fields
+            .iter()
+            .map(|f| f.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ");
         match (found, foreign) {
             (0, _) => Err(format!(
                 "no id in {} (the site's [site.ids] {} list is not empty)",
-                self.field.text, self.list
+                field, self.list
             )),
             (_, Some(id)) => Err(format!(
                 "id {id:?} in {} is not in the site's [site.ids] {} list",
-                self.field.text, self.list
+                field, self.list
             )),
             _ => Ok(()),
         }

@@ -125,7 +125,7 @@ impl Program {
         }
         self.nested.iter_mut().for_each(|s| idx.add(s));
         if let Some(ids) = &mut self.ids {
-            idx.add(&mut ids.field);
+            ids.fields.iter_mut().for_each(|s| idx.add(s));
         }
         self.keys = idx;
         self

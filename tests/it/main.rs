@@ -9,6 +9,7 @@ mod codecs;
 mod headers;
 mod limits;
 mod packaging;
+mod preset_ids;
 mod presets;
 mod process;
 mod relay;

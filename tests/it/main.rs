@@ -13,4 +13,5 @@ mod relay;
 mod reload;
 mod rule_props;
 mod rules;
+mod scripts;
 mod security;

@@ -181,6 +181,13 @@ struct VariantSlot {
     used: u64,
 }
 
+/// Whether `copy` is the slot's current copy.
+fn holds(slot: &Slot, copy: &Copy) -> bool {
+    slot.copy
+        .as_ref()
+        .is_some_and(|c| c.generation == copy.generation)
+}
+
 impl Slot {
     fn bytes(&self) -> u64 {
         self.copy.as_ref().map_or(0, |c| c.body.len() as u64)
@@ -247,7 +254,7 @@ impl ScriptCache {
                 let freed = slot.bytes();
                 slot.copy = None;
                 slot.variants.clear();
-                inner.bytes -= freed;
+                inner.bytes = inner.bytes.saturating_sub(freed);
                 m.scripts.bytes.store(inner.bytes, Relaxed);
             }
         }
@@ -292,11 +299,7 @@ impl ScriptCache {
         let Some(slot) = inner.slots.get_mut(key) else {
             return Arc::default();
         };
-        if !slot
-            .copy
-            .as_ref()
-            .is_some_and(|c| c.generation == copy.generation)
-        {
+        if !holds(slot, copy) {
             return Arc::default();
         }
         if let Some(v) = slot.variants.iter_mut().find(|v| &*v.host == host) {
@@ -316,7 +319,7 @@ impl ScriptCache {
             bytes: 0,
             used: tick,
         });
-        inner.bytes -= freed;
+        inner.bytes = inner.bytes.saturating_sub(freed);
         cell
     }
 
@@ -326,11 +329,7 @@ impl ScriptCache {
         let Some(slot) = inner.slots.get_mut(key) else {
             return;
         };
-        if !slot
-            .copy
-            .as_ref()
-            .is_some_and(|c| c.generation == copy.generation)
-        {
+        if !holds(slot, copy) {
             return;
         }
         let Some(vs) = slot
@@ -381,7 +380,7 @@ impl Shared {
             if slot.flight.is_none() {
                 inner.slots.remove(&k);
             }
-            inner.bytes -= freed;
+            inner.bytes = inner.bytes.saturating_sub(freed);
             m.scripts.evictions.fetch_add(1, Relaxed);
         }
         m.scripts.bytes.store(inner.bytes, Relaxed);
@@ -426,7 +425,7 @@ impl Flight {
                             // in its place.
                             slot.copy = None;
                         }
-                        *bytes -= freed;
+                        *bytes = bytes.saturating_sub(freed);
                     }
                     Err(FetchError::Failed(_)) => {
                         slot.retry_at = Some(Instant::now() + self.retry_after);
@@ -435,7 +434,7 @@ impl Flight {
                         let freed = slot.bytes();
                         slot.copy = None;
                         slot.variants.clear();
-                        *bytes -= freed;
+                        *bytes = bytes.saturating_sub(freed);
                     }
                 }
                 if slot.copy.is_none() && slot.flight.is_none() {

@@ -141,6 +141,22 @@ fn first_party_host(req: &http::request::Parts) -> Result<String, Reject> {
     Ok(host.to_string())
 }
 
+/// The only headers a script fetch sends: the copy is shared by every visitor, so nothing of
+/// any one browser's goes to the vendor.
+pub fn fetch_headers() -> crate::deliver::HeaderList {
+    vec![
+        (header::ACCEPT, HeaderValue::from_static("*/*")),
+        (
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, br"),
+        ),
+        (
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("tagway/", env!("CARGO_PKG_VERSION"))),
+        ),
+    ]
+}
+
 /// Everything a background fetch needs, owned.
 struct Fetch {
     gw: Arc<Gateway>,
@@ -171,17 +187,7 @@ impl Fetch {
             method: Method::GET,
             upstream: self.index,
             target: Target::Text(self.target.clone()),
-            headers: vec![
-                (header::ACCEPT, HeaderValue::from_static("*/*")),
-                (
-                    header::ACCEPT_ENCODING,
-                    HeaderValue::from_static("gzip, br"),
-                ),
-                (
-                    header::USER_AGENT,
-                    HeaderValue::from_static(concat!("tagway/", env!("CARGO_PKG_VERSION"))),
-                ),
-            ],
+            headers: fetch_headers(),
             body: Bytes::new(),
         };
         let (res, deadline) = self

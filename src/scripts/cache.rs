@@ -55,7 +55,7 @@ impl Default for CacheSettings {
 /// Variants kept per copy: one per first-party host, so a site with a few tracking hosts is
 /// served from memory while a flood of made-up `Host` values cannot grow a slot.
 const MAX_VARIANTS: usize = 8;
-/// After a failed fetch, no new fetch for the slot before this (or `ttl`, when shorter).
+/// After a failed fetch, no new fetch for the slot before this.
 const RETRY_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A script as the vendor sent it, decompressed, before any rewriting.
@@ -139,7 +139,6 @@ pub struct Flight {
     key: Arc<str>,
     id: u64,
     tx: Option<watch::Sender<Option<Outcome>>>,
-    retry_after: Duration,
 }
 
 /// The cache; cheap to clone, every clone is the same cache.
@@ -223,7 +222,6 @@ impl ScriptCache {
             Some((k, _)) => k.clone(),
             None => key.into(),
         };
-        let retry_after = policy.ttl.min(RETRY_BACKOFF);
         let slot = inner.slots.entry(key.clone()).or_default();
         slot.used = tick;
         let backing_off = slot.retry_at.is_some_and(|t| now < t);
@@ -240,7 +238,7 @@ impl ScriptCache {
                 m.scripts.stale.fetch_add(1, Relaxed);
                 let refresh = (in_flight.is_none() && !backing_off).then(|| {
                     m.scripts.revalidations.fetch_add(1, Relaxed);
-                    self.start(&mut inner, key, retry_after)
+                    self.start(&mut inner, key)
                 });
                 return Plan::Stale { copy: c, refresh };
             }
@@ -266,7 +264,7 @@ impl ScriptCache {
                 fallback,
             };
         }
-        let flight = self.start(&mut inner, key, retry_after);
+        let flight = self.start(&mut inner, key);
         Plan::Fetch {
             wait: flight.waiter(),
             lead: Some(flight),
@@ -274,7 +272,7 @@ impl ScriptCache {
         }
     }
 
-    fn start(&self, inner: &mut Inner, key: Arc<str>, retry_after: Duration) -> Flight {
+    fn start(&self, inner: &mut Inner, key: Arc<str>) -> Flight {
         inner.serial += 1;
         let id = inner.serial;
         let (tx, rx) = watch::channel(None);
@@ -286,7 +284,6 @@ impl ScriptCache {
             key,
             id,
             tx: Some(tx),
-            retry_after,
         }
     }
 
@@ -428,7 +425,7 @@ impl Flight {
                         *bytes = bytes.saturating_sub(freed);
                     }
                     Err(FetchError::Failed(_)) => {
-                        slot.retry_at = Some(Instant::now() + self.retry_after);
+                        slot.retry_at = Some(Instant::now() + RETRY_BACKOFF);
                     }
                     Err(FetchError::Answer { .. }) => {
                         let freed = slot.bytes();

@@ -139,6 +139,8 @@ pub struct Flight {
     key: Arc<str>,
     id: u64,
     tx: Option<watch::Sender<Option<Outcome>>>,
+    /// How long the copy it stores may be kept (the route's `ttl` plus its stale windows).
+    lifetime: Duration,
 }
 
 /// The cache; cheap to clone, every clone is the same cache.
@@ -169,6 +171,9 @@ struct Slot {
     variants: Vec<VariantSlot>,
     flight: Option<(u64, Waiter)>,
     retry_at: Option<Instant>,
+    /// When the copy is past any use; slots no request asks for any more (a reload changed
+    /// their route) are swept after this.
+    drop_at: Option<Instant>,
     used: u64,
 }
 
@@ -238,7 +243,7 @@ impl ScriptCache {
                 m.scripts.stale.fetch_add(1, Relaxed);
                 let refresh = (in_flight.is_none() && !backing_off).then(|| {
                     m.scripts.revalidations.fetch_add(1, Relaxed);
-                    self.start(&mut inner, key)
+                    self.start(&mut inner, key, policy.lifetime())
                 });
                 return Plan::Stale { copy: c, refresh };
             }
@@ -264,7 +269,7 @@ impl ScriptCache {
                 fallback,
             };
         }
-        let flight = self.start(&mut inner, key);
+        let flight = self.start(&mut inner, key, policy.lifetime());
         Plan::Fetch {
             wait: flight.waiter(),
             lead: Some(flight),
@@ -272,7 +277,7 @@ impl ScriptCache {
         }
     }
 
-    fn start(&self, inner: &mut Inner, key: Arc<str>) -> Flight {
+    fn start(&self, inner: &mut Inner, key: Arc<str>, lifetime: Duration) -> Flight {
         inner.serial += 1;
         let id = inner.serial;
         let (tx, rx) = watch::channel(None);
@@ -284,6 +289,7 @@ impl ScriptCache {
             key,
             id,
             tx: Some(tx),
+            lifetime,
         }
     }
 
@@ -350,6 +356,20 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Drops copies past their lifetime that no request came to drop (done on each fetch, so
+    /// scripts of routes a reload removed or changed do not linger until memory runs short).
+    fn sweep(&self, inner: &mut Inner, now: Instant) {
+        let mut freed = 0;
+        inner.slots.retain(|_, s| {
+            let dead = s.flight.is_none() && s.drop_at.is_some_and(|t| now >= t);
+            if dead {
+                freed += s.bytes();
+            }
+            !dead
+        });
+        inner.bytes = inner.bytes.saturating_sub(freed);
+    }
+
     /// Empties least recently used slots (other than `keep`) until the total fits; `keep`
     /// itself goes last, when it alone is too large.
     fn evict(&self, inner: &mut Inner, keep: &str, max: u64, m: &Metrics) {
@@ -411,6 +431,7 @@ impl Flight {
                 }
                 match &outcome {
                     Ok(copy) => {
+                        slot.drop_at = Some(copy.fetched_at + self.lifetime);
                         let freed = slot.bytes();
                         slot.variants.clear();
                         slot.retry_at = None;
@@ -438,6 +459,7 @@ impl Flight {
                     slots.remove(&self.key);
                 }
             }
+            self.shared.sweep(&mut inner, Instant::now());
             self.shared.evict(&mut inner, &self.key, max, m);
         }
         if let Some(tx) = self.tx.take() {

@@ -488,3 +488,23 @@ script = { rewrite = { "www.google-analytics.com" = "{hots}" }, ttl = "often" }
         assert!(err.contains(want), "{want:?} not in: {err}");
     }
 }
+
+#[tokio::test]
+async fn scripts_of_a_changed_route_do_not_linger_past_their_lifetime() {
+    let mock = Mock::plain_with(|_| js(&SCRIPT.repeat(20))).await;
+    let timed = ", ttl = \"1s\", stale = \"0s\", stale_if_error = \"0s\"";
+    let gw = Gw::start(GwOptions::new(&script_rules(timed)).upstream("v", mock.url())).await;
+    fetch(&gw, "/gtag/js?id=G-1", &[]).await;
+    let one = gw.gw.scripts.bytes();
+    assert!(one > 0);
+
+    let changed = script_rules(timed).replace("{host}/fb/events.js", "{host}/f/e.js");
+    std::fs::write(gw.rules_dir.path().join("00-test.toml"), changed).unwrap();
+    gw.gw.reload_rules().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The old route's copy is past its lifetime: the next fetch sweeps it away.
+    fetch(&gw, "/gtag/js?id=G-1", &[]).await;
+    assert_eq!(mock.count(), 2);
+    let after = gw.gw.scripts.bytes();
+    assert!(after > 0 && after < one * 3 / 2, "{one} then {after}");
+}

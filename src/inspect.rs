@@ -161,7 +161,7 @@ pub fn inspect(
                 url.push_str(&q);
             }
             let headers = match route.script {
-                Some(_) => crate::scripts::serve::fetch_headers(),
+                Some(_) => crate::scripts::fetch::fetch_headers(),
                 None => crate::headers::upstream_headers(&req.headers, route, req.client_ip),
             };
             let headers = headers

@@ -31,6 +31,7 @@ use tokio::sync::{OnceCell, watch};
 use tokio::time::Instant;
 
 use super::ScriptPolicy;
+use super::variant::Variant;
 use crate::metrics::Metrics;
 use crate::respond::Reject;
 
@@ -69,25 +70,6 @@ pub struct Copy {
     pub generation: u64,
     /// Within `max_script`: stored, and its variants too.
     pub cacheable: bool,
-}
-
-/// The script rewritten for one host, with its encodings and entity tag.
-#[derive(Debug)]
-pub struct Variant {
-    pub identity: Bytes,
-    /// Present when smaller than `identity`.
-    pub gzip: Option<Bytes>,
-    pub br: Option<Bytes>,
-    /// Hash of `identity`; the `ETag` of each encoding derives from it.
-    pub tag: String,
-}
-
-impl Variant {
-    pub fn size(&self) -> u64 {
-        (self.identity.len()
-            + self.gzip.as_ref().map_or(0, Bytes::len)
-            + self.br.as_ref().map_or(0, Bytes::len)) as u64
-    }
 }
 
 /// Why a fetch gave no script.
@@ -324,6 +306,34 @@ impl ScriptCache {
         });
         inner.bytes = inner.bytes.saturating_sub(freed);
         cell
+    }
+
+    /// Puts `v` in the place of `host`'s variant of `copy` (a better encoding of the same
+    /// content), if that variant is still cached.
+    pub fn replace_variant(
+        &self,
+        key: &str,
+        copy: &Copy,
+        host: &str,
+        v: Arc<Variant>,
+        m: &Metrics,
+    ) {
+        let mut inner = self.shared.lock();
+        let Some(slot) = inner.slots.get_mut(key) else {
+            return;
+        };
+        if !holds(slot, copy) {
+            return;
+        }
+        let Some(vs) = slot.variants.iter_mut().find(|vs| &*vs.host == host) else {
+            return;
+        };
+        let (old, new) = (vs.bytes, v.size());
+        vs.cell = Arc::new(OnceCell::new_with(Some(v)));
+        vs.bytes = new;
+        inner.bytes = (inner.bytes + new).saturating_sub(old);
+        let max = self.shared.settings.max_bytes;
+        self.shared.evict(&mut inner, key, max, m);
     }
 
     /// Counts a built variant's bytes (once) and evicts what no longer fits.

@@ -3,17 +3,19 @@
 //! cache of the vendor's script (`gtag/js`, `gtm.js`, `fbevents.js`, …).
 //!
 //! The script is fetched from the vendor once per key (route, rewrite set, upstream path and
-//! query), decompressed, and kept; for each first-party host that asks for it, the vendor host
-//! names in it are rewritten to that host ([`rewrite`]) and the result is stored with
-//! precomputed gzip and br encodings, a strong `ETag`, and served by `Accept-Encoding`
-//! ([`serve`]). Freshness, stale-while-revalidate, stale-if-error, single-flight fetches shared
+//! query), decompressed, and kept ([`fetch`]); for each first-party host that asks for it, the
+//! vendor host names in it are rewritten to that host ([`rewrite`]) and the result is stored
+//! with precomputed gzip and br encodings and a strong `ETag` ([`variant`]), and served by
+//! `Accept-Encoding` ([`serve`]). Freshness, stale-while-revalidate, stale-if-error, single-flight fetches shared
 //! by every worker thread, and the size bound live in [`cache`].
 //!
 //! - `spec` here: the `script = { … }` option as written, and its compiled [`ScriptPolicy`].
 
 pub mod cache;
+pub mod fetch;
 pub mod rewrite;
 pub mod serve;
+pub mod variant;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

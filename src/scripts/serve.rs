@@ -1,26 +1,24 @@
 //! Answering a request on a script route: the first-party host, the cache plan, the vendor
-//! fetch (started as a task on the worker's runtime, so a browser that goes away does not
-//! cancel it for the others waiting), the variant for the host, and the response: encoding
-//! by `Accept-Encoding`, `ETag` / `If-None-Match` → 304, `Cache-Control`.
+//! fetch when one is needed ([`super::fetch`]), the variant for the host
+//! ([`super::variant`]), and the response: encoding by `Accept-Encoding`, `ETag` /
+//! `If-None-Match` → 304, `Cache-Control`.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode};
-use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
+use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::ScriptPolicy;
-use super::cache::{Copy, FetchError, Flight, Outcome, Plan, Variant, Waiter};
-use crate::decode::wrap;
-use crate::deliver::{Outgoing, Target, UpstreamClient};
+use super::cache::{Copy, FetchError, Flight, Outcome, Plan, Waiter};
+use super::fetch::Fetch;
+use super::variant::{self, Variant};
+use crate::deliver::UpstreamClient;
 use crate::gateway::Gateway;
-use crate::respond::{Reject, ResBody, StreamError};
-use crate::ruleset::{Route, RuleSet, Upstream};
+use crate::respond::{Reject, ResBody};
+use crate::ruleset::{Route, RuleSet};
 
 /// What the browser is told about where its copy came from (`tagway-cache`).
 const CACHE_HEADER: HeaderName = HeaderName::from_static("tagway-cache");
@@ -94,7 +92,7 @@ pub async fn serve(
             }
         }
     };
-    let variant = variant(gw, &key, &copy, &host, policy).await?;
+    let variant = variant::get(gw, &key, &copy, &host, policy).await?;
     Ok(respond(req, &copy, &variant, how, policy, cors, gw))
 }
 
@@ -139,200 +137,6 @@ fn first_party_host(req: &http::request::Parts) -> Result<String, Reject> {
         return Err(Reject::BadRequest("the Host header is not valid"));
     }
     Ok(host.to_string())
-}
-
-/// The only headers a script fetch sends: the copy is shared by every visitor, so nothing of
-/// any one browser's goes to the vendor.
-pub fn fetch_headers() -> crate::deliver::HeaderList {
-    vec![
-        (header::ACCEPT, HeaderValue::from_static("*/*")),
-        (
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("gzip, br"),
-        ),
-        (
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("tagway/", env!("CARGO_PKG_VERSION"))),
-        ),
-    ]
-}
-
-/// Everything a background fetch needs, owned.
-struct Fetch {
-    gw: Arc<Gateway>,
-    client: Arc<UpstreamClient>,
-    upstream: Upstream,
-    index: usize,
-    route: String,
-    target: String,
-}
-
-impl Fetch {
-    /// Runs the fetch as a task on this worker's runtime and stores its outcome.
-    fn spawn(self, flight: Flight) {
-        tokio::spawn(async move {
-            let generation = flight.generation();
-            let outcome = self.run(generation).await;
-            if let Err(FetchError::Failed(r)) = &outcome {
-                self.gw.metrics.scripts.fetch_errors.fetch_add(1, Relaxed);
-                self.gw.warn_limited(r.kind(), &r.message());
-            }
-            flight.finish(outcome, &self.gw.metrics);
-        });
-    }
-
-    async fn run(&self, generation: u64) -> Outcome {
-        let up = &self.upstream;
-        let out = Outgoing {
-            method: Method::GET,
-            upstream: self.index,
-            target: Target::Text(self.target.clone()),
-            headers: fetch_headers(),
-            body: Bytes::new(),
-        };
-        let (res, deadline) = self
-            .client
-            .send(up, out)
-            .await
-            .map_err(FetchError::Failed)?;
-        let (parts, body) = res.into_parts();
-        let limit = self.client.settings().max_response;
-        let body = ResBody::upstream(body, limit, deadline)
-            .collect()
-            .await
-            .map_err(|e| {
-                let m = format!(
-                    "upstream {} ({}): the script of route {} could not be read: {e}",
-                    up.name, up.origin, self.route
-                );
-                FetchError::Failed(match e.downcast_ref::<StreamError>() {
-                    Some(StreamError::TooLarge(_)) => Reject::UpstreamTooLarge(m),
-                    Some(StreamError::Timeout) => Reject::UpstreamTimeout(m),
-                    None => Reject::UpstreamFailed(m),
-                })
-            })?
-            .to_bytes();
-        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
-        let status = parts.status;
-        if status != StatusCode::OK {
-            if status.is_server_error()
-                || status.is_redirection()
-                || status.is_informational()
-                || status == StatusCode::TOO_MANY_REQUESTS
-            {
-                return Err(FetchError::Failed(Reject::UpstreamFailed(format!(
-                    "upstream {} ({}) answered {status} for the script of route {}; not cached",
-                    up.name, up.origin, self.route
-                ))));
-            }
-            return Err(FetchError::Answer {
-                status,
-                content_type,
-                body,
-            });
-        }
-        let body = match parts.headers.get(header::CONTENT_ENCODING) {
-            None => body,
-            Some(v) => {
-                let failed = |why: String| {
-                    FetchError::Failed(Reject::UpstreamFailed(format!(
-                        "upstream {} ({}): the script of route {}: {why}",
-                        up.name, up.origin, self.route
-                    )))
-                };
-                let c = wrap::content_encoding(v.to_str().unwrap_or("?"))
-                    .map_err(|e| failed(e.to_string()))?;
-                match c {
-                    None => body,
-                    Some(c) => {
-                        wrap::decompress(c, &body, usize::try_from(limit).unwrap_or(usize::MAX))
-                            .map_err(|e| failed(e.to_string()))?
-                            .into()
-                    }
-                }
-            }
-        };
-        let max = self.gw.scripts.settings().max_script;
-        if body.len() as u64 > max {
-            self.gw.metrics.scripts.uncacheable.fetch_add(1, Relaxed);
-            tracing::warn!(
-                route = %self.route,
-                bytes = body.len(),
-                "script larger than --script-max-size ({max} bytes): served, not cached"
-            );
-        }
-        Ok(Arc::new(Copy {
-            cacheable: body.len() as u64 <= max,
-            body,
-            content_type,
-            fetched_at: Instant::now(),
-            generation,
-        }))
-    }
-}
-
-/// The variant of `copy` for `host`: shared and built once when the copy is cached, made for
-/// this request alone when it is not.
-async fn variant(
-    gw: &Gateway,
-    key: &str,
-    copy: &Arc<Copy>,
-    host: &str,
-    policy: &Arc<ScriptPolicy>,
-) -> Result<Arc<Variant>, Reject> {
-    let build = |compress: bool| {
-        let (copy, host, policy) = (copy.clone(), host.to_string(), policy.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                Arc::new(build_variant(&copy.body, &host, &policy, compress))
-            })
-            .await
-            .map_err(|_| Reject::UpstreamFailed("the script could not be prepared".into()))
-        }
-    };
-    if !copy.cacheable {
-        return build(false).await;
-    }
-    let cell = gw.scripts.variant_cell(key, copy, host);
-    let v = cell.get_or_try_init(|| build(true)).await?.clone();
-    gw.scripts.account(key, copy, host, &v, &gw.metrics);
-    Ok(v)
-}
-
-/// Rewrites for `host`; with `compress`, adds gzip (level 9) and br (quality 11) when they
-/// are smaller. Runs on the blocking pool: br at quality 11 takes a while on a large script,
-/// once per copy and host.
-fn build_variant(body: &[u8], host: &str, policy: &ScriptPolicy, compress: bool) -> Variant {
-    let identity = Bytes::from(policy.rewriter.apply(body, host));
-    let digest = Sha256::digest(&identity);
-    let tag = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    let smaller = |c: Vec<u8>| (c.len() < identity.len()).then(|| Bytes::from(c));
-    let (gzip, br) = if compress {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        let gzip = gz
-            .write_all(&identity)
-            .and_then(|()| gz.finish())
-            .ok()
-            .and_then(smaller);
-        let params = brotli::enc::BrotliEncoderParams {
-            quality: 11,
-            lgwin: 22,
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        let br = brotli::BrotliCompress(&mut &identity[..], &mut out, &params)
-            .ok()
-            .and_then(|_| smaller(out));
-        (gzip, br)
-    } else {
-        (None, None)
-    };
-    Variant {
-        identity,
-        gzip,
-        br,
-        tag,
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -508,3 +508,47 @@ async fn scripts_of_a_changed_route_do_not_linger_past_their_lifetime() {
     let after = gw.gw.scripts.bytes();
     assert!(after > 0 && after < one * 3 / 2, "{one} then {after}");
 }
+
+#[tokio::test]
+async fn scripts_over_h2_and_head_requests() {
+    let mock = Mock::plain_with(|_| js(&SCRIPT.repeat(10))).await;
+    let gw = Gw::start(GwOptions::new(&script_rules("")).upstream("v", mock.url())).await;
+    let h2c = Via {
+        addr: gw.http,
+        tls: None,
+        h2: true,
+    };
+    let get = Request::builder()
+        .uri("http://metrics.shop.example:8080/gtag/js?id=G-1")
+        .header("accept-encoding", "br")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(h2c.clone(), get).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert!(unbrotli(&r.body).contains("'https://metrics.shop.example:8080/g/collect'"));
+
+    let head = Request::builder()
+        .method("HEAD")
+        .uri("/gtag/js?id=G-1")
+        .header("host", "metrics.shop.example:8080")
+        .header("accept-encoding", "br")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let h = send(
+        Via {
+            addr: gw.http,
+            tls: None,
+            h2: false,
+        },
+        head,
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(h.header("etag"), r.header("etag"));
+    assert_eq!(h.header("tagway-cache"), Some("hit"));
+    assert_eq!(mock.count(), 1);
+}

@@ -39,6 +39,8 @@ pub struct Settings {
     pub upstream_ca: Option<PathBuf>,
     /// Worker threads serving traffic.
     pub workers: usize,
+    /// Bounds of the script cache (script routes).
+    pub scripts: crate::scripts::CacheSettings,
 }
 
 impl Settings {
@@ -57,6 +59,7 @@ impl Settings {
             client: ClientSettings::default(),
             upstream_ca: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            scripts: crate::scripts::CacheSettings::default(),
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct Gateway {
     /// TLS settings for upstream connections (each worker builds its own pooled client).
     pub upstream_tls: rustls::ClientConfig,
     pub metrics: Metrics,
+    /// Vendor scripts of script routes, shared by every worker; kept across rule reloads.
+    pub scripts: crate::scripts::ScriptCache,
     pub certs: Option<Arc<CertStore>>,
     draining: AtomicBool,
     /// Last time each warning kind was logged, and how many were suppressed since.
@@ -93,6 +98,7 @@ impl Gateway {
         let rules = config::load(&settings.rules, &settings.overrides)?;
         let upstream_tls = crate::deliver::client::tls_config(settings.upstream_ca.as_deref())?;
         Ok(Arc::new(Gateway {
+            scripts: crate::scripts::ScriptCache::new(settings.scripts.clone()),
             settings,
             rules: ArcSwap::from_pointee(rules),
             upstream_tls,

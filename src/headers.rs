@@ -233,6 +233,7 @@ mod tests {
             program: crate::rules::Program::empty(),
             answer: Default::default(),
             on_undecodable: crate::ruleset::OnUndecodable::Reject,
+            script: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`deliver`]: the upstream client. [`respond`]: every answer the gateway makes itself.
 //! - Around the path: [`config`] (rule files → [`ruleset::RuleSet`]), [`certs`],
 //!   [`watch`] (hot reload), [`admin`] (metrics, health), [`gateway`] (shared state).
+//! - [`scripts`]: script routes answered from a shared cache of the vendor's rewritten script.
 
 pub mod admin;
 pub mod certs;
@@ -36,6 +37,7 @@ pub mod route;
 pub mod rules;
 pub mod ruleset;
 pub mod ruletest;
+pub mod scripts;
 pub mod transform;
 pub mod watch;
 

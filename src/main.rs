@@ -173,6 +173,13 @@ struct ServeArgs {
     /// Worker threads serving traffic (default: one per CPU).
     #[arg(long, env = "TAGWAY_WORKERS")]
     workers: Option<usize>,
+    /// Memory for vendor scripts of script routes (copies and their rewritten, compressed
+    /// variants); least recently used scripts go first.
+    #[arg(long, env = "TAGWAY_SCRIPT_CACHE_SIZE", default_value = "64MiB", value_parser = size)]
+    script_cache_size: u64,
+    /// Largest vendor script (decompressed) kept in the cache; larger ones are served uncached.
+    #[arg(long, env = "TAGWAY_SCRIPT_MAX_SIZE", default_value = "4MiB", value_parser = size)]
+    script_max_size: u64,
 }
 
 /// `println!` that does not panic when stdout is closed (`tagway check | head -1`): the
@@ -475,6 +482,10 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
             .workers
             .filter(|n| *n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        scripts: tagway::scripts::CacheSettings {
+            max_bytes: a.script_cache_size,
+            max_script: a.script_max_size,
+        },
     };
     let gw: Arc<Gateway> = Gateway::new(settings, certs)?;
     let rules = gw.rules();

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -51,8 +52,8 @@ impl ConnInfo {
 /// Handles one request. Never fails: every problem becomes an answer with a status, a
 /// `tagway-error` kind and a message, and is counted.
 pub async fn handle(
-    gw: &Gateway,
-    client: &UpstreamClient,
+    gw: &Arc<Gateway>,
+    client: &Arc<UpstreamClient>,
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResBody> {
@@ -74,8 +75,8 @@ pub async fn handle(
 }
 
 async fn relay(
-    gw: &Gateway,
-    client: &UpstreamClient,
+    gw: &Arc<Gateway>,
+    client: &Arc<UpstreamClient>,
     rules: &RuleSet,
     conn: &ConnInfo,
     req: Request<Incoming>,
@@ -132,6 +133,12 @@ async fn relay(
         Lookup::NotFound => return Err(Reject::NotFound),
     };
     let (parts, body) = req.into_parts();
+    if let Some(policy) = &route.script {
+        // A GET: answered from the script cache; any body is not read.
+        let serve =
+            crate::scripts::serve::serve(gw, client, rules, route, policy, &parts, rest_from, cors);
+        return serve.await;
+    }
     let mut body = read_body(
         body,
         &parts.headers,

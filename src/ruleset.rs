@@ -117,6 +117,8 @@ pub struct Route {
     /// The answer when the request is not forwarded.
     pub answer: Answer,
     pub on_undecodable: crate::config::model::OnUndecodable,
+    /// A script route: answered from the script cache instead of relayed.
+    pub script: Option<std::sync::Arc<crate::scripts::ScriptPolicy>>,
 }
 
 impl Route {
@@ -163,6 +165,15 @@ impl MethodSet {
 
     pub fn contains(&self, m: &Method) -> bool {
         Self::bit(m).is_some_and(|b| self.0 & b != 0)
+    }
+
+    /// Every method but GET and HEAD.
+    pub fn except_get_and_head() -> MethodSet {
+        let mut s = MethodSet::default();
+        for (n, _) in &Self::NAMES[2..] {
+            s.insert_name(n);
+        }
+        s
     }
 
     pub fn overlaps(&self, other: &MethodSet) -> bool {

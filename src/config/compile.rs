@@ -424,6 +424,25 @@ impl Compiler {
         };
         let program = self.program(t, r, sets);
         let answer = r.answer.as_ref().and_then(|a| self.answer(t, a));
+        let script = r.script.as_ref().and_then(|s| {
+            let facts = crate::scripts::RouteFacts {
+                name: &name,
+                upstream_origin: self.upstreams.get(upstream).map_or("", |u| &u.origin),
+                upstream_path: &upstream_path,
+                get_only: !methods.overlaps(&MethodSet::except_get_and_head()),
+                has_rules: !r.rules.is_empty() || !r.rulesets.is_empty(),
+                scan_off: r.scan == Some(false),
+            };
+            match crate::scripts::compile(s.get_ref(), &facts) {
+                Ok(p) => Some(std::sync::Arc::new(p)),
+                Err(errs) => {
+                    for e in errs {
+                        self.err(t, s.span(), e);
+                    }
+                    None
+                }
+            }
+        });
         if self.diags.len() > before {
             return None;
         }
@@ -453,6 +472,7 @@ impl Compiler {
                 .on_undecodable
                 .as_ref()
                 .map_or(OnUndecodable::Reject, |o| *o.get_ref()),
+            script,
         };
         Some((route, exact, prefixes))
     }

@@ -151,6 +151,9 @@ pub struct RouteSpec {
     /// bodies): `{ status = 204 }` (default) or e.g. `{ status = 200, content_type = "image/gif",
     /// body_base64 = "R0lGOD…" }`.
     pub answer: Option<Spanned<AnswerSpec>>,
+    /// Serve the vendor's script first-party from a cache, its vendor hosts rewritten:
+    /// `{ rewrite = { "www.google-analytics.com" = "{host}" }, ttl = "1h", stale = "1d" }`.
+    pub script: Option<Spanned<crate::scripts::ScriptSpec>>,
 }
 
 /// Policy for bodies that cannot be decoded.

@@ -5,6 +5,7 @@ mod support;
 
 mod certs;
 mod codecs;
+mod ga4;
 mod headers;
 mod limits;
 mod packaging;
@@ -13,4 +14,5 @@ mod relay;
 mod reload;
 mod rule_props;
 mod rules;
+mod scripts;
 mod security;

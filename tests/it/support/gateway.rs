@@ -27,6 +27,8 @@ pub struct GwOptions {
     pub watch: bool,
     pub max_response: u64,
     pub max_connections: usize,
+    pub workers: usize,
+    pub scripts: tagway::scripts::CacheSettings,
 }
 
 impl GwOptions {
@@ -46,6 +48,8 @@ impl GwOptions {
             watch: false,
             max_response: 8 * 1024 * 1024,
             max_connections: 1000,
+            workers: 1,
+            scripts: Default::default(),
         }
     }
 
@@ -83,7 +87,8 @@ impl Gw {
         s.client.timeout = o.upstream_timeout;
         s.client.connect_timeout = Duration::from_secs(2);
         s.upstream_ca = o.upstream_ca.clone();
-        s.workers = 1;
+        s.workers = o.workers;
+        s.scripts = o.scripts.clone();
         s.client.max_response = o.max_response;
         s.max_connections = o.max_connections;
         s.trusted_proxies = TrustedProxies::new(

@@ -233,6 +233,8 @@ mod tests {
             program: crate::rules::Program::empty(),
             answer: Default::default(),
             on_undecodable: crate::ruleset::OnUndecodable::Reject,
+            delivery: crate::ruleset::Delivery::Relay,
+            on_spool_full: crate::ruleset::OnSpoolFull::Relay,
         }
     }
 

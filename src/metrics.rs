@@ -28,6 +28,8 @@ pub struct Metrics {
     pub rules_last_reload_failed: AtomicU64,
     pub cert_reloads: AtomicU64,
     pub cert_problems: AtomicU64,
+    /// The spool and background delivery (shared with them).
+    pub spool: std::sync::Arc<crate::spool::SpoolMetrics>,
 }
 
 fn inc(c: &AtomicU64) {
@@ -149,6 +151,7 @@ impl Metrics {
             "tagway_connections_open {}",
             self.connections_open.load(Relaxed)
         );
+        self.spool.render(&mut o);
         o
     }
 }

@@ -8,7 +8,7 @@
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method};
 
-pub use crate::config::model::{ForwardIp, OnUndecodable};
+pub use crate::config::model::{Delivery, ForwardIp, OnSpoolFull, OnUndecodable};
 use crate::route::RouteTable;
 
 /// One loaded generation of the rules.
@@ -117,6 +117,9 @@ pub struct Route {
     /// The answer when the request is not forwarded.
     pub answer: Answer,
     pub on_undecodable: crate::config::model::OnUndecodable,
+    /// Relay now, or spool and answer with `answer` at once.
+    pub delivery: Delivery,
+    pub on_spool_full: OnSpoolFull,
 }
 
 impl Route {

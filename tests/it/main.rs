@@ -5,6 +5,7 @@ mod support;
 
 mod certs;
 mod codecs;
+mod delivery;
 mod headers;
 mod limits;
 mod packaging;

@@ -6,6 +6,7 @@ mod support;
 mod certs;
 mod codecs;
 mod delivery;
+mod delivery_crash;
 mod headers;
 mod limits;
 mod packaging;

@@ -79,6 +79,8 @@ pub enum SpoolError {
     Full(u64),
     #[error("the spool writer has stopped")]
     Stopped,
+    #[error("this request cannot be spooled: {0}")]
+    Record(#[from] record::DecodeError),
 }
 
 impl SpoolError {
@@ -241,15 +243,19 @@ impl Spool {
             m.bytes.fetch_sub(n, Relaxed);
             return Err(SpoolError::Full(self.settings.max_bytes));
         }
+        // What waits in memory for delivery is read back from the frame: compact copies, not
+        // the request's header and body buffers (which may share much larger read buffers).
+        let record = match record::decode(&frame[record::HEADER..]) {
+            Ok(r) => r,
+            Err(e) => {
+                m.bytes.fetch_sub(n, Relaxed);
+                return Err(SpoolError::Record(e));
+            }
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = writer::Job {
             frame,
-            record: Record {
-                accepted_ms: at,
-                route: route.to_string(),
-                upstream: upstream.to_string(),
-                out: out.clone(),
-            },
+            record,
             reply,
         };
         if self.tx.send(writer::Msg::Append(job)).is_err() {

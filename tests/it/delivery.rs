@@ -364,3 +364,33 @@ async fn a_spool_folder_serves_one_gateway_at_a_time() {
     assert!(err.contains("in use by another tagway process"), "{err}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_record_whose_upstream_a_reload_removed_is_dead_lettered() {
+    let vendor = Mock::plain_with(|_: &Seen| MockReply::status(503)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let route = |up: &str| {
+        format!(
+            "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"{up}\"\ndelivery = \"queue\"\n"
+        )
+    };
+    let gone = format!(
+        "[upstreams.gone]\nurl = \"{}\"\n\n{}",
+        vendor.url(),
+        route("gone")
+    );
+    let gw = Gw::start(options(&gone, &vendor, dir.path(), 1 << 20, Fsync::Always)).await;
+    assert_eq!(get(gw.http, "/b?id=1").await.status, 204);
+    until("tried once", || vendor.count() >= 1).await;
+
+    std::fs::write(gw.rules_dir.path().join("00-test.toml"), rules(&route("v"))).unwrap();
+    gw.gw.reload_rules().unwrap();
+    let m = gw.gw.metrics.spool.clone();
+    until("dead-lettered", || m.pending.load(Ordering::SeqCst) == 0).await;
+    gw.stop().await;
+    assert_eq!(m.dead_lettered[2].load(Ordering::SeqCst), 1, "no_upstream");
+    let dl = std::fs::read_to_string(dir.path().join("dead-letter.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(dl.lines().next().unwrap()).unwrap();
+    assert_eq!(line["reason"], "no_upstream");
+    assert_eq!(line["upstream"], "gone");
+}

@@ -2,14 +2,16 @@
 //! thread send a frame and wait; the writer takes every frame waiting (group commit), appends
 //! them with one write, syncs per the policy, registers them for delivery, then answers the
 //! callers. With `Fsync::Always` a caller is answered only after the sync that covers its
-//! record; with `Fsync::Every(t)` right after the write, and the sync follows within `t`.
+//! record; with `Fsync::Every(t)` right after the write, and a second thread syncs the written
+//! segments every `t`, so a slow sync never holds up a write (or an answer).
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,9 +46,44 @@ pub(super) struct Writer {
     fsync: Fsync,
     segment_bytes: u64,
     active: Option<Active>,
-    /// Written but not yet synced since this instant.
-    dirty_since: Option<Instant>,
+    /// `Fsync::Every`: segments written since the syncer's last pass (a handle each).
+    dirty: Arc<Mutex<Vec<(u64, File)>>>,
+    syncer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     buf: Vec<u8>,
+}
+
+/// `Fsync::Every(t)`: every `t`, syncs the segments written since the last pass.
+fn syncer(
+    shared: Arc<Shared>,
+    dirty: Arc<Mutex<Vec<(u64, File)>>>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    loop {
+        std::thread::sleep(every);
+        let stopping = stop.load(Relaxed);
+        sync_all(&shared, &dirty);
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn sync_all(shared: &Shared, dirty: &Mutex<Vec<(u64, File)>>) {
+    let files = dirty
+        .lock()
+        .map(|mut d| std::mem::take(&mut *d))
+        .unwrap_or_default();
+    for (id, f) in files {
+        shared.metrics.fsyncs.fetch_add(1, Relaxed);
+        if let Err(e) = f.sync_data() {
+            shared.metrics.write_errors.fetch_add(1, Relaxed);
+            tracing::error!(
+                "spool {}: cannot sync: {e}",
+                segment::seg_path(&shared.dir, id).display()
+            );
+        }
+    }
 }
 
 impl Writer {
@@ -56,13 +93,32 @@ impl Writer {
         fsync: Fsync,
         segment_bytes: u64,
     ) -> Self {
+        let dirty = Arc::new(Mutex::new(Vec::new()));
+        let syncer = match fsync {
+            Fsync::Always => None,
+            Fsync::Every(every) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let (sh, d, st) = (shared.clone(), dirty.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name("tagway-spool-sync".into())
+                    .spawn(move || syncer(sh, d, every, st))
+                    .map_err(|e| {
+                        tracing::error!(
+                            "spool: cannot start the sync thread, syncing on the writer: {e}"
+                        )
+                    })
+                    .ok()
+                    .map(|h| (stop, h))
+            }
+        };
         Writer {
             shared,
             queue,
             fsync,
             segment_bytes: segment_bytes.max(1),
             active: None,
-            dirty_since: None,
+            dirty,
+            syncer,
             buf: Vec::new(),
         }
     }
@@ -70,12 +126,8 @@ impl Writer {
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
         let mut stop = None;
         while stop.is_none() {
-            let wait = match (self.dirty_since, self.fsync) {
-                (Some(t), Fsync::Every(every)) => every.saturating_sub(t.elapsed()),
-                _ => IDLE_TICK,
-            };
             let mut jobs = Vec::new();
-            match rx.recv_timeout(wait) {
+            match rx.recv_timeout(IDLE_TICK) {
                 Ok(Msg::Append(j)) => jobs.push(j),
                 Ok(Msg::Stop(s)) => stop = Some(s),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -89,7 +141,6 @@ impl Writer {
                 }
             }
             if jobs.is_empty() {
-                self.sync_if_due();
                 self.retire_delivered_active();
             } else {
                 self.write(jobs);
@@ -98,6 +149,11 @@ impl Writer {
         if let Err(e) = self.flush().and_then(|()| self.sync()) {
             tracing::error!("{e}");
         }
+        if let Some((stop, h)) = self.syncer.take() {
+            stop.store(true, Relaxed);
+            let _ = h.join();
+        }
+        sync_all(&self.shared, &self.dirty);
         self.retire_delivered_active();
         if let Some(s) = stop {
             let _ = s.send(());
@@ -117,13 +173,13 @@ impl Writer {
             result = self.flush();
         }
         if result.is_ok() {
-            match self.fsync {
-                Fsync::Always => result = self.sync(),
+            result = match self.fsync {
+                Fsync::Always => self.sync(),
                 Fsync::Every(_) => {
-                    self.dirty_since.get_or_insert_with(Instant::now);
-                    self.sync_if_due();
+                    self.mark_dirty();
+                    Ok(())
                 }
-            }
+            };
         }
         let m = &self.shared.metrics;
         if let Err(e) = result {
@@ -174,7 +230,10 @@ impl Writer {
         });
         if full {
             self.flush()?;
-            self.sync()?;
+            match self.fsync {
+                Fsync::Always => self.sync()?,
+                Fsync::Every(_) => self.mark_dirty(),
+            }
             self.seal_active();
         }
         if self.active.is_none() {
@@ -265,9 +324,6 @@ impl Writer {
     /// removed), so a quiet gateway leaves an empty folder.
     fn retire_delivered_active(&mut self) {
         let Some(a) = &self.active else { return };
-        if self.dirty_since.is_some() {
-            return;
-        }
         let complete = self
             .shared
             .state
@@ -280,19 +336,27 @@ impl Writer {
         }
     }
 
-    fn sync_if_due(&mut self) {
-        if let (Some(t), Fsync::Every(every)) = (self.dirty_since, self.fsync) {
-            if t.elapsed() >= every {
-                if let Err(e) = self.sync() {
-                    self.shared.metrics.write_errors.fetch_add(1, Relaxed);
-                    tracing::error!("{e}");
-                }
+    /// `Fsync::Every`: the current segment is for the syncer's next pass (or, without a
+    /// syncer thread, synced now).
+    fn mark_dirty(&mut self) {
+        let Some(a) = &self.active else { return };
+        if self.syncer.is_none() {
+            if let Err(e) = self.sync() {
+                self.shared.metrics.write_errors.fetch_add(1, Relaxed);
+                tracing::error!("{e}");
+            }
+            return;
+        }
+        let Ok(mut d) = self.dirty.lock() else { return };
+        if !d.iter().any(|(id, _)| *id == a.id) {
+            match a.file.try_clone() {
+                Ok(f) => d.push((a.id, f)),
+                Err(e) => tracing::error!("spool: cannot hand a segment to the sync thread: {e}"),
             }
         }
     }
 
     fn sync(&mut self) -> Result<(), SpoolError> {
-        self.dirty_since = None;
         let Some(a) = &self.active else { return Ok(()) };
         self.shared.metrics.fsyncs.fetch_add(1, Relaxed);
         a.file.sync_data().map_err(|e| {

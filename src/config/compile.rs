@@ -425,6 +425,21 @@ impl Compiler {
         };
         let program = self.program(t, r, sets);
         let answer = r.answer.as_ref().and_then(|a| self.answer(t, a));
+        let delivery = r.delivery.as_ref().map_or(
+            if r.answer.is_some() {
+                Delivery::Queue
+            } else {
+                Delivery::Relay
+            },
+            |d| *d.get_ref(),
+        );
+        if delivery == Delivery::Queue && r.set_cookie {
+            self.err(
+                t,
+                r.name.span(),
+                format!("route {name:?} is queued (it has an `answer`, or delivery = \"queue\"), so the vendor's Set-Cookie can never reach the browser: set delivery = \"relay\" or drop set_cookie"),
+            );
+        }
         if self.diags.len() > before {
             return None;
         }
@@ -449,14 +464,7 @@ impl Compiler {
             forward_headers,
             max_body,
             program,
-            delivery: r.delivery.as_ref().map_or(
-                if r.answer.is_some() {
-                    Delivery::Queue
-                } else {
-                    Delivery::Relay
-                },
-                |d| *d.get_ref(),
-            ),
+            delivery,
             on_spool_full: r
                 .on_spool_full
                 .as_ref()

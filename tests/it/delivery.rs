@@ -394,3 +394,18 @@ async fn a_record_whose_upstream_a_reload_removed_is_dead_lettered() {
     assert_eq!(line["reason"], "no_upstream");
     assert_eq!(line["upstream"], "gone");
 }
+
+#[tokio::test]
+async fn a_queued_route_cannot_promise_the_vendors_cookies() {
+    let routes = "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"v\"\nanswer = { status = 204 }\nset_cookie = true\n";
+    let err = Gw::try_start(GwOptions::new(&rules(routes)))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("Set-Cookie can never reach the browser"),
+        "{err}"
+    );
+    let relay = routes.replace("set_cookie", "delivery = \"relay\"\nset_cookie");
+    Gw::start(GwOptions::new(&rules(&relay))).await.stop().await;
+}

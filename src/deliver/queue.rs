@@ -199,9 +199,12 @@ struct Lane {
 }
 
 impl Lane {
-    fn next_wake(&self) -> Option<Instant> {
+    /// The next time this lane may start something by itself (a retry falling due, a pause
+    /// ending); completions wake the dispatcher anyway. Never a past instant: a half-open
+    /// lane waits for its probe, not in a loop.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
         let retry = self.waiting.peek().map(|w| w.0.due);
-        match (retry, self.paused_until) {
+        match (retry, self.paused_until.filter(|&p| p > now)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
@@ -342,7 +345,7 @@ impl Dispatcher {
                 lane.in_flight += 1;
                 sends.push((name.clone(), up, item));
             }
-            if let Some(t) = lane.next_wake().filter(|_| lane.in_flight < limit) {
+            if let Some(t) = lane.next_wake(now).filter(|_| lane.in_flight < limit) {
                 wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
             }
         }

@@ -55,6 +55,7 @@ to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ 
 
 latency() {
   python3 "$here/lib/slow_origin.py" "$ORIGIN_PORT" >"$work/origin.out" & pids+=($!)
+  wait_port "$ORIGIN_PORT" "the slow origin"
   mkdir -p "$work/nginx-tmp"
   cat >"$work/nginx.conf" <<CONF
 worker_processes auto;
@@ -109,6 +110,7 @@ PY
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
   echo "slow origin answered $(cat "$work/origin.out") requests in all" | tee -a "$out/latency.md"
+  cp "$work/nginx.err" "$work/tagway.log" "$out/" 2>/dev/null || true
 }
 
 throughput() {

@@ -24,7 +24,7 @@ async def handle(reader, writer):
             writer.write(b"HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n")
             await writer.drain()
             answered += 1
-    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
         pass
     finally:
         writer.close()

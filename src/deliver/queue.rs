@@ -244,8 +244,14 @@ impl Dispatcher {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>, token: CancellationToken) {
         let mut open = true;
+        let mut acks_flushed = Instant::now();
         loop {
             let wake = self.pump();
+            // Delivery marks: one write per ACK_FLUSH under load, at once when idle.
+            if acks_flushed.elapsed() >= ACK_FLUSH || (self.in_flight == 0 && rx.is_empty()) {
+                self.spool.flush_acks();
+                acks_flushed = Instant::now();
+            }
             let sleep = tokio::time::sleep_until(
                 wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             );
@@ -281,6 +287,7 @@ impl Dispatcher {
                 _ => break,
             }
         }
+        self.spool.flush_acks();
     }
 
     fn enqueue(&mut self, q: Queued) {
@@ -460,6 +467,9 @@ impl Dispatcher {
         self.spool.done(item.q.loc);
     }
 }
+
+/// How often, under load, delivery marks are written to the spool's `.ack` files.
+const ACK_FLUSH: Duration = Duration::from_millis(50);
 
 /// The dead-letter file in the spool folder: one JSON object per line.
 pub const DEAD_LETTER: &str = "dead-letter.jsonl";

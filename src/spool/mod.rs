@@ -114,7 +114,8 @@ struct SegState {
     total: u64,
     done: u64,
     sealed: bool,
-    ack: Option<File>,
+    /// Offsets of delivered records, buffered; written by [`Spool::flush_acks`].
+    ack: Option<std::io::BufWriter<File>>,
 }
 
 #[derive(Debug, Default)]
@@ -285,7 +286,7 @@ impl Spool {
             sh.remove_if_complete(&mut st, loc.seg);
             return;
         }
-        // Not synced: after a power loss a few delivered records may be sent again.
+        // Buffered and never synced: a crash may send the last few delivered records again.
         if s.ack.is_none() {
             let p = segment::ack_path(&sh.dir, loc.seg);
             s.ack = std::fs::OpenOptions::new()
@@ -293,16 +294,31 @@ impl Spool {
                 .append(true)
                 .open(&p)
                 .map_err(|e| tracing::warn!("spool: cannot open {}: {e}", p.display()))
-                .ok();
+                .ok()
+                .map(|f| std::io::BufWriter::with_capacity(8192, f));
         }
         if let Some(f) = &mut s.ack {
             let _ = f.write_all(&loc.offset.to_le_bytes());
         }
     }
 
+    /// Writes out the buffered delivery marks (the delivery thread calls this every few tens
+    /// of milliseconds and when idle, so a restart resends only what was delivered since).
+    pub fn flush_acks(&self) {
+        let Ok(mut st) = self.shared.state.lock() else {
+            return;
+        };
+        for s in st.segs.values_mut() {
+            if let Some(a) = &mut s.ack {
+                let _ = a.flush();
+            }
+        }
+    }
+
     /// Stops the writer after a last sync. Records not yet delivered stay in the folder for
     /// the next start.
     pub fn close(&self) {
+        self.flush_acks();
         let (tx, rx) = std::sync::mpsc::channel();
         if self.tx.send(writer::Msg::Stop(tx)).is_ok() {
             let _ = rx.recv();

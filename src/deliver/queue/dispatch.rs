@@ -1,17 +1,6 @@
-//! Background delivery of queued routes (`delivery = "queue"`).
-//!
-//! [`accept`] is the request path's side: it spools the processed request and tells the
-//! caller to answer with the route's `answer`, or, when the spool is full or failing, applies
-//! the route's `on_spool_full` (relay now, or 503).
-//!
-//! [`start`] runs the delivery side on its own thread and runtime, with its own upstream
-//! client: records arrive from the spool (recovered ones first), wait in one lane per
-//! upstream, and are sent with at most `concurrency` in flight per upstream. Connect errors,
-//! timeouts, 429 and 5xx are retried with exponential backoff and jitter (`Retry-After`
-//! honoured, and it pauses the whole upstream); other 4xx go to the dead-letter file with the
-//! reason, as do records older than `max_age` and records whose upstream a reload removed.
-//! After `breaker_failures` failures in a row an upstream's breaker opens: nothing is sent to
-//! it for `breaker_cooldown`, then one probe decides whether it closes.
+//! The delivery thread's loop: one lane per upstream (ready queue, retries waiting for their
+//! time, requests in flight, the breaker), completions, and records settled as delivered or
+//! dead-lettered (`DIR/dead-letter.jsonl`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -19,141 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use http::StatusCode;
-use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Outgoing, UpstreamClient};
+use super::attempt::{Outcome, attempt, backoff};
+use crate::deliver::UpstreamClient;
 use crate::gateway::Gateway;
-use crate::respond::Reject;
-use crate::ruleset::{OnSpoolFull, Route, RuleSet};
-use crate::spool::{Queued, Spool, SpoolError, now_ms};
-
-/// Background delivery settings (from the command line).
-#[derive(Debug, Clone)]
-pub struct DeliverySettings {
-    /// Requests in flight per upstream.
-    pub concurrency: usize,
-    /// First retry delay; doubled per attempt, up to `backoff_max`, with jitter.
-    pub backoff: Duration,
-    pub backoff_max: Duration,
-    /// A record older than this is dead-lettered instead of sent (vendors drop old hits).
-    pub max_age: Duration,
-    /// Failures in a row that open an upstream's breaker.
-    pub breaker_failures: u32,
-    pub breaker_cooldown: Duration,
-    /// Threads of the delivery runtime.
-    pub threads: usize,
-}
-
-impl Default for DeliverySettings {
-    fn default() -> Self {
-        DeliverySettings {
-            concurrency: 64,
-            backoff: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            max_age: Duration::from_secs(24 * 3600),
-            breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(10),
-            threads: 1,
-        }
-    }
-}
-
-/// Spools `out` for `route`. `Ok(None)`: spooled, answer with the route's `answer`.
-/// `Ok(Some(out))`: relay it now (no spool, or the spool is full and the route says relay).
-pub async fn accept(
-    gw: &Gateway,
-    route: &Route,
-    upstream: &str,
-    out: Outgoing,
-) -> Result<Option<Outgoing>, Reject> {
-    let Some(spool) = &gw.spool else {
-        return Ok(Some(out));
-    };
-    match spool.append(&route.name, upstream, &out).await {
-        Ok(()) => Ok(None),
-        Err(e) => {
-            let m = spool.metrics();
-            let what = match e {
-                SpoolError::Full(_) => "full",
-                _ => "failing",
-            };
-            match route.on_spool_full {
-                OnSpoolFull::Relay => {
-                    m.full_relayed.fetch_add(1, Relaxed);
-                    gw.warn_limited(
-                        "spool_full_relay",
-                        &format!("route {}: the spool is {what} ({e}); relaying synchronously (on_spool_full = \"relay\")", route.name),
-                    );
-                    Ok(Some(out))
-                }
-                OnSpoolFull::Reject => {
-                    m.full_rejected.fetch_add(1, Relaxed);
-                    gw.warn_limited(
-                        "spool_full_reject",
-                        &format!("route {}: the spool is {what} ({e}); answering 503 (on_spool_full = \"reject\")", route.name),
-                    );
-                    Err(Reject::SpoolFull)
-                }
-            }
-        }
-    }
-}
-
-/// Starts the delivery thread when the gateway has a spool. It stops when `token` is
-/// cancelled, after letting requests in flight finish within the shutdown timeout.
-pub fn start(
-    gw: &Arc<Gateway>,
-    token: &CancellationToken,
-) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-    let Some(spool) = gw.spool.clone() else {
-        return Ok(None);
-    };
-    let Some(rx) = spool.take_queue() else {
-        return Ok(None);
-    };
-    let (gw, token) = (gw.clone(), token.clone());
-    let threads = gw.settings.delivery.threads.max(1);
-    std::thread::Builder::new()
-        .name("tagway-delivery".into())
-        .spawn(move || {
-            let rt = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .thread_name("tagway-delivery")
-                    .enable_all()
-                    .build()
-            };
-            match rt {
-                Ok(rt) => rt.block_on(Dispatcher::new(gw, spool).run(rx, token)),
-                Err(e) => tracing::error!("delivery: cannot start its runtime: {e}"),
-            }
-        })
-        .map(Some)
-}
-
-/// What one attempt came to.
-#[derive(Debug)]
-enum Outcome {
-    /// The vendor answered (status unknown when its answer was over the size limit).
-    Delivered(Option<StatusCode>),
-    Retry {
-        why: String,
-        after: Option<Duration>,
-    },
-    Dead {
-        reason: &'static str,
-        why: String,
-        status: Option<u16>,
-    },
-}
+use crate::spool::{Queued, Spool, now_ms};
 
 struct Item {
     q: Queued,
@@ -213,7 +75,7 @@ impl Lane {
 
 type Done = (String, Item, Outcome);
 
-struct Dispatcher {
+pub(super) struct Dispatcher {
     gw: Arc<Gateway>,
     spool: Arc<Spool>,
     client: Arc<UpstreamClient>,
@@ -225,7 +87,7 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(gw: Arc<Gateway>, spool: Arc<Spool>) -> Self {
+    pub(super) fn new(gw: Arc<Gateway>, spool: Arc<Spool>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Dispatcher {
             client: Arc::new(UpstreamClient::new(
@@ -242,7 +104,11 @@ impl Dispatcher {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>, token: CancellationToken) {
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
+        token: CancellationToken,
+    ) {
         let mut open = true;
         let mut acks_flushed = Instant::now();
         loop {
@@ -499,133 +365,5 @@ fn dead_letter(spool: &Spool, item: &Item, reason: &str, why: &str, status: Opti
         .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
     if let Err(e) = res {
         tracing::error!("cannot write to {}: {e}", path.display());
-    }
-}
-
-/// Exponential backoff with jitter: between half and all of `base · 2^(attempts-1)`, capped.
-fn backoff(d: &DeliverySettings, attempts: u32) -> Duration {
-    let exp = d
-        .backoff
-        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-        .min(d.backoff_max);
-    let half = exp / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
-/// One attempt: send, read the answer to its end (so the connection is reused), classify.
-async fn attempt(client: &UpstreamClient, rules: &RuleSet, up: usize, out: Outgoing) -> Outcome {
-    let up = &rules.upstreams[up];
-    match client.send(up, out).await {
-        Ok((res, deadline)) => {
-            let status = res.status();
-            let after = res
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry_after);
-            let _ = tokio::time::timeout_at(deadline, res.into_body().collect()).await;
-            classify(status, after)
-        }
-        Err(
-            r @ (Reject::UpstreamConnect(_)
-            | Reject::UpstreamTimeout(_)
-            | Reject::UpstreamFailed(_)),
-        ) => Outcome::Retry {
-            why: r.message(),
-            after: None,
-        },
-        Err(Reject::UpstreamTooLarge(_)) => Outcome::Delivered(None),
-        Err(r) => Outcome::Dead {
-            reason: "unsendable",
-            why: r.message(),
-            status: None,
-        },
-    }
-}
-
-fn classify(status: StatusCode, after: Option<Duration>) -> Outcome {
-    let code = status.as_u16();
-    if code == 429 || code == 408 || status.is_server_error() {
-        return Outcome::Retry {
-            why: format!("the vendor answered {code}"),
-            after,
-        };
-    }
-    if status.is_client_error() {
-        return Outcome::Dead {
-            reason: "rejected",
-            why: format!("the vendor answered {code}; a 4xx is not retried"),
-            status: Some(code),
-        };
-    }
-    Outcome::Delivered(Some(status))
-}
-
-/// `Retry-After`: delay-seconds or an HTTP date.
-fn retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_is_retried() {
-        assert!(matches!(
-            classify(StatusCode::SERVICE_UNAVAILABLE, None),
-            Outcome::Retry { .. }
-        ));
-        assert!(matches!(
-            classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(3))),
-            Outcome::Retry { after: Some(a), .. } if a == Duration::from_secs(3)
-        ));
-        assert!(matches!(
-            classify(StatusCode::BAD_REQUEST, None),
-            Outcome::Dead {
-                reason: "rejected",
-                status: Some(400),
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify(StatusCode::NO_CONTENT, None),
-            Outcome::Delivered(Some(StatusCode::NO_CONTENT))
-        ));
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after("soon"), None);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_a_cap() {
-        let d = DeliverySettings {
-            backoff: Duration::from_millis(100),
-            backoff_max: Duration::from_millis(1000),
-            ..DeliverySettings::default()
-        };
-        for _ in 0..100 {
-            let b1 = backoff(&d, 1);
-            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100));
-            let b3 = backoff(&d, 3);
-            assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400));
-            let b30 = backoff(&d, 30);
-            assert!(b30 >= Duration::from_millis(500) && b30 <= Duration::from_millis(1000));
-        }
     }
 }

@@ -201,6 +201,7 @@ struct SpoolArgs {
     /// First retry delay; doubled per attempt (with jitter) up to --delivery-backoff-max.
     #[arg(long, env = "TAGWAY_DELIVERY_BACKOFF", default_value = "1s", value_parser = duration)]
     delivery_backoff: Duration,
+    /// Longest retry delay.
     #[arg(long, env = "TAGWAY_DELIVERY_BACKOFF_MAX", default_value = "5m", value_parser = duration)]
     delivery_backoff_max: Duration,
     /// Spooled requests older than this go to the dead-letter file instead of the vendor.

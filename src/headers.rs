@@ -234,6 +234,8 @@ mod tests {
             answer: Default::default(),
             on_undecodable: crate::ruleset::OnUndecodable::Reject,
             script: None,
+            delivery: crate::ruleset::Delivery::Relay,
+            on_spool_full: crate::ruleset::OnSpoolFull::Relay,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub cert_reloads: AtomicU64,
     pub cert_problems: AtomicU64,
     pub scripts: ScriptCounters,
+    /// The spool and background delivery (shared with them).
+    pub spool: std::sync::Arc<crate::spool::SpoolMetrics>,
 }
 
 /// What the script cache did (script routes).
@@ -238,6 +240,7 @@ impl Metrics {
             "tagway_connections_open {}",
             self.connections_open.load(Relaxed)
         );
+        self.spool.render(&mut o);
         o
     }
 }

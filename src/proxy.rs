@@ -18,13 +18,13 @@ use tokio::time::{Instant, Sleep};
 
 use crate::clientip;
 use crate::config::compile::has_dot_segment;
-use crate::deliver::{Outgoing, Target, UpstreamClient};
+use crate::deliver::{Outgoing, Target, UpstreamClient, queue};
 use crate::gateway::Gateway;
 use crate::headers;
 use crate::respond::{self, Reject, ResBody};
 use crate::route::Lookup;
-use crate::ruleset::OnUndecodable;
 use crate::ruleset::RuleSet;
+use crate::ruleset::{Delivery, OnUndecodable};
 use crate::transform::{self, Processed};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -195,8 +195,15 @@ async fn relay(
         headers: headers::upstream_headers(&parts.headers, route, client_ip),
         body,
     };
-
     let upstream = &rules.upstreams[route.upstream];
+    // Queued routes: spooled and answered now, delivered in the background (deliver::queue).
+    let out = match route.delivery {
+        Delivery::Queue => match queue::accept(gw, route, &upstream.name, out).await? {
+            None => return Ok(respond::answer(&route.answer, cors)),
+            Some(out) => out,
+        },
+        Delivery::Relay => out,
+    };
     let (res, deadline) = client.send(upstream, out).await?;
     let (mut parts, body) = res.into_parts();
     gw.metrics.relayed(parts.status);

@@ -8,7 +8,7 @@
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method};
 
-pub use crate::config::model::{ForwardIp, OnUndecodable};
+pub use crate::config::model::{Delivery, ForwardIp, OnSpoolFull, OnUndecodable};
 use crate::route::RouteTable;
 
 /// One loaded generation of the rules.
@@ -119,6 +119,9 @@ pub struct Route {
     pub on_undecodable: crate::config::model::OnUndecodable,
     /// A script route: answered from the script cache instead of relayed.
     pub script: Option<std::sync::Arc<crate::scripts::ScriptPolicy>>,
+    /// Relay now, or spool and answer with `answer` at once.
+    pub delivery: Delivery,
+    pub on_spool_full: OnSpoolFull,
 }
 
 impl Route {

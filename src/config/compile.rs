@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use super::diag::{ConfigError, Diagnostic, Source, suggest, with_suggestion};
 use super::model::{
-    AnswerSpec, ForwardIp, OnUndecodable, RouteSpec, RuleFile, SiteSpec, UpstreamSpec,
+    AnswerSpec, Delivery, ForwardIp, OnSpoolFull, OnUndecodable, RouteSpec, RuleFile, SiteSpec,
+    UpstreamSpec,
 };
 use super::{RuleText, UpstreamOverride};
 use crate::route::RouteTable;
@@ -443,6 +444,21 @@ impl Compiler {
                 }
             }
         });
+        let delivery = r.delivery.as_ref().map_or(
+            if r.answer.is_some() {
+                Delivery::Queue
+            } else {
+                Delivery::Relay
+            },
+            |d| *d.get_ref(),
+        );
+        if delivery == Delivery::Queue && r.set_cookie {
+            self.err(
+                t,
+                r.name.span(),
+                format!("route {name:?} is queued (it has an `answer`, or delivery = \"queue\"), so the vendor's Set-Cookie can never reach the browser: set delivery = \"relay\" or drop set_cookie"),
+            );
+        }
         if self.diags.len() > before {
             return None;
         }
@@ -467,6 +483,11 @@ impl Compiler {
             forward_headers,
             max_body,
             program,
+            delivery,
+            on_spool_full: r
+                .on_spool_full
+                .as_ref()
+                .map_or(OnSpoolFull::Relay, |o| *o.get_ref()),
             answer: answer.unwrap_or_default(),
             on_undecodable: r
                 .on_undecodable

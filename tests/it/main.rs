@@ -6,6 +6,8 @@ mod support;
 mod certs;
 mod codecs;
 mod ga4;
+mod delivery;
+mod delivery_crash;
 mod headers;
 mod limits;
 mod packaging;

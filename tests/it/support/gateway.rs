@@ -10,6 +10,9 @@ use tagway::clientip::TrustedProxies;
 use tagway::config::{RulesSource, UpstreamOverride};
 use tagway::{Gateway, Listeners, Settings};
 
+/// A change to the settings a test makes before the gateway starts.
+pub type Tweak = Box<dyn FnOnce(&mut Settings) + Send>;
+
 pub struct GwOptions {
     /// Text of `rules/00-test.toml`.
     pub rules: String,
@@ -29,6 +32,8 @@ pub struct GwOptions {
     pub max_connections: usize,
     pub workers: usize,
     pub scripts: tagway::scripts::CacheSettings,
+    /// Any other settings (spool, delivery), applied last.
+    pub tweak: Option<Tweak>,
 }
 
 impl GwOptions {
@@ -50,6 +55,7 @@ impl GwOptions {
             max_connections: 1000,
             workers: 1,
             scripts: Default::default(),
+            tweak: None,
         }
     }
 
@@ -76,7 +82,7 @@ impl Gw {
             .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
     }
 
-    pub async fn try_start(o: GwOptions) -> Result<Gw, String> {
+    pub async fn try_start(mut o: GwOptions) -> Result<Gw, String> {
         let rules_dir = tempfile::tempdir().unwrap();
         std::fs::write(rules_dir.path().join("00-test.toml"), &o.rules).unwrap();
         let mut s = Settings::new(RulesSource::Dir(rules_dir.path().to_path_buf()));
@@ -105,6 +111,9 @@ impl Gw {
                 url: u.clone(),
             })
             .collect();
+        if let Some(t) = o.tweak.take() {
+            t(&mut s);
+        }
         let certs = if o.tls {
             let dir = o
                 .certs

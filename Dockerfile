@@ -7,7 +7,7 @@ RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /srv/tagway --shell /usr/sbin/nologin tagway \
- && mkdir -p /srv/tagway/rules /srv/tagway/certs \
+ && mkdir -p /srv/tagway/rules /srv/tagway/certs /srv/tagway/spool \
  && chown -R tagway:tagway /srv/tagway
 COPY --from=build /src/target/release/tagway /usr/local/bin/tagway
 COPY --chown=tagway:tagway rules /srv/tagway/rules

@@ -14,4 +14,5 @@ exec "${TAGWAY_BIN:-$here/../target/release/tagway}" serve \
   --rules "${TAGWAY_BENCH_RULES:-$here/rules}" \
   --certs "$certs" \
   --upstream "origin=$BENCH_UPSTREAM_URL" \
+  --spool "$BENCH_WORK/spool" \
   ${TAGWAY_BENCH_ARGS:-}

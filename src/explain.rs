@@ -97,6 +97,12 @@ pub fn text(ins: &Inspection) -> String {
     }
     match (&ins.sent, &ins.dropped) {
         (_, Some(rule)) => s.push_str(&format!("\nNOT FORWARDED: dropped by rule \"{rule}\"; the gateway answers in the vendor's place\n")),
+        (Some(sent), None) if ins.script => {
+            s.push_str(&format!("\nscript route: fetched from {} (one fetch shared by every visitor, per ttl), rewritten to the host asked and served from the script cache\n", sent.url));
+            for (n, v) in &sent.headers {
+                s.push_str(&format!("  {n}: {v}\n"));
+            }
+        }
         (Some(sent), None) => {
             s.push_str(&format!("\nforwarded to {}\n", sent.url));
             for (n, v) in &sent.headers {
@@ -126,5 +132,6 @@ pub fn json(ins: &Inspection) -> serde_json::Value {
         "headers": ins.sent.as_ref().map(|s| s.headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>()),
         "body": ins.sent.as_ref().map(|s| String::from_utf8_lossy(&s.body).into_owned()),
         "fields": fields,
+        "script": ins.script,
     })
 }

@@ -12,10 +12,11 @@ use arc_swap::ArcSwap;
 use crate::certs::{CertError, CertStore};
 use crate::clientip::TrustedProxies;
 use crate::config::{self, ConfigError, RulesSource, UpstreamOverride};
-use crate::deliver::ClientSettings;
 use crate::deliver::client::ClientError;
+use crate::deliver::{ClientSettings, DeliverySettings};
 use crate::metrics::Metrics;
 use crate::ruleset::RuleSet;
+use crate::spool::{Spool, SpoolError, SpoolSettings};
 
 /// Limits and timeouts of the listeners (named defaults live in the CLI).
 #[derive(Debug, Clone)]
@@ -39,6 +40,11 @@ pub struct Settings {
     pub upstream_ca: Option<PathBuf>,
     /// Worker threads serving traffic.
     pub workers: usize,
+    /// Bounds of the script cache (script routes).
+    pub scripts: crate::scripts::CacheSettings,
+    /// The spool for queued routes; `None`: queued routes are relayed.
+    pub spool: Option<SpoolSettings>,
+    pub delivery: DeliverySettings,
 }
 
 impl Settings {
@@ -57,6 +63,9 @@ impl Settings {
             client: ClientSettings::default(),
             upstream_ca: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            scripts: crate::scripts::CacheSettings::default(),
+            spool: None,
+            delivery: DeliverySettings::default(),
         }
     }
 }
@@ -70,6 +79,8 @@ pub enum StartError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Certs(#[from] CertError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
 pub struct Gateway {
@@ -78,7 +89,11 @@ pub struct Gateway {
     /// TLS settings for upstream connections (each worker builds its own pooled client).
     pub upstream_tls: rustls::ClientConfig,
     pub metrics: Metrics,
+    /// Vendor scripts of script routes, shared by every worker; kept across rule reloads.
+    pub scripts: crate::scripts::ScriptCache,
     pub certs: Option<Arc<CertStore>>,
+    /// Where queued routes' requests wait for delivery (`Settings::spool`).
+    pub spool: Option<Arc<Spool>>,
     draining: AtomicBool,
     /// Last time each warning kind was logged, and how many were suppressed since.
     warned: std::sync::Mutex<std::collections::HashMap<&'static str, (tokio::time::Instant, u64)>>,
@@ -92,12 +107,19 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, StartError> {
         let rules = config::load(&settings.rules, &settings.overrides)?;
         let upstream_tls = crate::deliver::client::tls_config(settings.upstream_ca.as_deref())?;
+        let metrics = Metrics::default();
+        let spool = match &settings.spool {
+            Some(s) => Some(Arc::new(Spool::open(s.clone(), metrics.spool.clone())?)),
+            None => None,
+        };
         Ok(Arc::new(Gateway {
+            scripts: crate::scripts::ScriptCache::new(settings.scripts.clone()),
             settings,
             rules: ArcSwap::from_pointee(rules),
             upstream_tls,
-            metrics: Metrics::default(),
+            metrics,
             certs,
+            spool,
             draining: AtomicBool::new(false),
             warned: Default::default(),
         }))

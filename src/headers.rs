@@ -233,6 +233,9 @@ mod tests {
             program: crate::rules::Program::empty(),
             answer: Default::default(),
             on_undecodable: crate::ruleset::OnUndecodable::Reject,
+            script: None,
+            delivery: crate::ruleset::Delivery::Relay,
+            on_spool_full: crate::ruleset::OnSpoolFull::Relay,
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Inspection {
     /// Set when a rule dropped the request: its label.
     pub dropped: Option<String>,
     pub steps: Vec<Step>,
+    /// A script route: the script is fetched from the vendor and served from the cache.
+    pub script: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +161,11 @@ pub fn inspect(
                 url.push('?');
                 url.push_str(&q);
             }
-            let headers = crate::headers::upstream_headers(&req.headers, route, req.client_ip)
+            let headers = match route.script {
+                Some(_) => crate::scripts::fetch::fetch_headers(),
+                None => crate::headers::upstream_headers(&req.headers, route, req.client_ip),
+            };
+            let headers = headers
                 .into_iter()
                 .map(|(n, v)| {
                     (
@@ -184,6 +190,7 @@ pub fn inspect(
         sent,
         dropped,
         steps,
+        script: route.script.is_some(),
     })
 }
 

@@ -13,9 +13,11 @@
 //! - [`listen`]: sockets, TLS, connection limits, header/idle timeouts, graceful shutdown.
 //! - [`proxy`]: calls the stages in order for one request.
 //! - [`route`]: host + method + path → route. [`headers`] / [`clientip`]: what may leave.
-//! - [`deliver`]: the upstream client. [`respond`]: every answer the gateway makes itself.
+//! - [`deliver`]: the upstream client, and background delivery of queued routes from the
+//!   durable [`spool`]. [`respond`]: every answer the gateway makes itself.
 //! - Around the path: [`config`] (rule files → [`ruleset::RuleSet`]), [`certs`],
 //!   [`watch`] (hot reload), [`admin`] (metrics, health), [`gateway`] (shared state).
+//! - [`scripts`]: script routes answered from a shared cache of the vendor's rewritten script.
 
 pub mod admin;
 pub mod certs;
@@ -36,6 +38,8 @@ pub mod route;
 pub mod rules;
 pub mod ruleset;
 pub mod ruletest;
+pub mod scripts;
+pub mod spool;
 pub mod transform;
 pub mod watch;
 

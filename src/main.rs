@@ -15,7 +15,8 @@ use ipnet::IpNet;
 use tagway::certs::CertStore;
 use tagway::clientip::TrustedProxies;
 use tagway::config::{self, RulesSource, UpstreamOverride};
-use tagway::deliver::ClientSettings;
+use tagway::deliver::{ClientSettings, DeliverySettings};
+use tagway::spool::{Fsync, SpoolSettings};
 use tagway::{Gateway, Listeners, Settings};
 
 #[global_allocator]
@@ -173,6 +174,64 @@ struct ServeArgs {
     /// Worker threads serving traffic (default: one per CPU).
     #[arg(long, env = "TAGWAY_WORKERS")]
     workers: Option<usize>,
+    /// Memory for vendor scripts of script routes (copies and their rewritten, compressed
+    /// variants); least recently used scripts go first.
+    #[arg(long, env = "TAGWAY_SCRIPT_CACHE_SIZE", default_value = "64MiB", value_parser = size)]
+    script_cache_size: u64,
+    /// Largest vendor script (decompressed) kept in the cache; larger ones are served uncached.
+    #[arg(long, env = "TAGWAY_SCRIPT_MAX_SIZE", default_value = "4MiB", value_parser = size)]
+    script_max_size: u64,
+    #[command(flatten)]
+    spool: SpoolArgs,
+}
+
+/// The spool and background delivery of queued routes (README: Delivery).
+#[derive(Args, Clone)]
+struct SpoolArgs {
+    /// Spool folder for queued routes (`off`: queued routes are relayed synchronously).
+    #[arg(long, env = "TAGWAY_SPOOL", default_value = "spool")]
+    spool: PathBuf,
+    /// When spooled requests are synced to disk: `always` (before each answer; concurrent
+    /// requests share a sync) or an interval like `10ms` (written before the answer, synced
+    /// within the interval: a power loss may lose that interval's requests, a crash none).
+    #[arg(long, env = "TAGWAY_SPOOL_FSYNC", default_value = "10ms", value_parser = fsync)]
+    spool_fsync: Fsync,
+    /// Largest spool on disk (and in memory); past it, routes' `on_spool_full` applies.
+    #[arg(long, env = "TAGWAY_SPOOL_MAX_SIZE", default_value = "256MiB", value_parser = size)]
+    spool_max_size: u64,
+    /// Spool segment file size; a segment is removed once all its requests are delivered.
+    #[arg(long, env = "TAGWAY_SPOOL_SEGMENT_SIZE", default_value = "8MiB", value_parser = size)]
+    spool_segment_size: u64,
+    /// Background deliveries in flight per upstream.
+    #[arg(long, env = "TAGWAY_DELIVERY_CONCURRENCY", default_value_t = 64)]
+    delivery_concurrency: usize,
+    /// First retry delay; doubled per attempt (with jitter) up to --delivery-backoff-max.
+    #[arg(long, env = "TAGWAY_DELIVERY_BACKOFF", default_value = "1s", value_parser = duration)]
+    delivery_backoff: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "TAGWAY_DELIVERY_BACKOFF_MAX", default_value = "5m", value_parser = duration)]
+    delivery_backoff_max: Duration,
+    /// Spooled requests older than this go to the dead-letter file instead of the vendor.
+    #[arg(long, env = "TAGWAY_DELIVERY_MAX_AGE", default_value = "24h", value_parser = duration)]
+    delivery_max_age: Duration,
+    /// Failed deliveries in a row that pause an upstream (circuit breaker).
+    #[arg(long, env = "TAGWAY_BREAKER_FAILURES", default_value_t = 5)]
+    breaker_failures: u32,
+    /// How long a paused upstream gets nothing before one probe request.
+    #[arg(long, env = "TAGWAY_BREAKER_COOLDOWN", default_value = "10s", value_parser = duration)]
+    breaker_cooldown: Duration,
+    /// Threads delivering in the background.
+    #[arg(long, env = "TAGWAY_DELIVERY_THREADS", default_value_t = 1)]
+    delivery_threads: usize,
+}
+
+fn fsync(s: &str) -> Result<Fsync, String> {
+    if s.eq_ignore_ascii_case("always") {
+        return Ok(Fsync::Always);
+    }
+    duration(s)
+        .map(Fsync::Every)
+        .map_err(|e| format!("write `always` or an interval: {e}"))
 }
 
 /// `println!` that does not panic when stdout is closed (`tagway check | head -1`): the
@@ -244,10 +303,14 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
             );
             for r in set.routes.routes() {
                 say!(
-                    "  route {:<24} -> {} {}",
+                    "  route {:<24} -> {} {} ({})",
                     r.name,
                     set.upstreams[r.upstream].name,
-                    set.upstreams[r.upstream].origin
+                    set.upstreams[r.upstream].origin,
+                    match r.delivery {
+                        tagway::ruleset::Delivery::Queue => "queued",
+                        tagway::ruleset::Delivery::Relay => "relayed",
+                    }
                 );
             }
             for w in &set.warnings {
@@ -478,6 +541,25 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
             .workers
             .filter(|n| *n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        scripts: tagway::scripts::CacheSettings {
+            max_bytes: a.script_cache_size,
+            max_script: a.script_max_size,
+        },
+        spool: (a.spool.spool.as_os_str() != "off").then(|| SpoolSettings {
+            dir: a.spool.spool.clone(),
+            fsync: a.spool.spool_fsync,
+            max_bytes: a.spool.spool_max_size,
+            segment_bytes: a.spool.spool_segment_size,
+        }),
+        delivery: DeliverySettings {
+            concurrency: a.spool.delivery_concurrency.max(1),
+            backoff: a.spool.delivery_backoff,
+            backoff_max: a.spool.delivery_backoff_max,
+            max_age: a.spool.delivery_max_age,
+            breaker_failures: a.spool.breaker_failures.max(1),
+            breaker_cooldown: a.spool.breaker_cooldown,
+            threads: a.spool.delivery_threads.max(1),
+        },
     };
     let gw: Arc<Gateway> = Gateway::new(settings, certs)?;
     let rules = gw.rules();
@@ -490,6 +572,25 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
     );
     for w in &rules.warnings {
         tracing::warn!("{w}");
+    }
+    let queued = rules
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.delivery == tagway::ruleset::Delivery::Queue)
+        .count();
+    match &gw.spool {
+        Some(s) => tracing::info!(
+            queued_routes = queued,
+            "spool in {} (fsync {:?}, max {} bytes)",
+            s.dir().display(),
+            s.settings().fsync,
+            s.settings().max_bytes
+        ),
+        None if queued > 0 => {
+            tracing::warn!("--spool off: the {queued} queued routes are relayed synchronously")
+        }
+        None => {}
     }
     if rules.site.origins.is_empty() {
         tracing::warn!(

@@ -30,6 +30,36 @@ pub struct Metrics {
     pub rules_last_reload_failed: AtomicU64,
     pub cert_reloads: AtomicU64,
     pub cert_problems: AtomicU64,
+    pub scripts: ScriptCounters,
+    /// The spool and background delivery (shared with them).
+    pub spool: std::sync::Arc<crate::spool::SpoolMetrics>,
+}
+
+/// What the script cache did (script routes).
+#[derive(Debug, Default)]
+pub struct ScriptCounters {
+    /// Served from a fresh copy.
+    pub hits: AtomicU64,
+    /// Waited for a fetch from the vendor (no usable copy).
+    pub misses: AtomicU64,
+    /// Served from a stale copy while it is refreshed.
+    pub stale: AtomicU64,
+    /// Served from a copy standing in for a vendor that failed.
+    pub stale_on_error: AtomicU64,
+    /// Background refreshes started.
+    pub revalidations: AtomicU64,
+    /// Fetches that failed (unreachable, timeout, 5xx, unreadable body).
+    pub fetch_errors: AtomicU64,
+    /// Vendor answers other than 200 passed on uncached (a 404 for an unknown id).
+    pub vendor_answers: AtomicU64,
+    /// Scripts over `--script-max-size`, served uncached.
+    pub uncacheable: AtomicU64,
+    /// 304 answers to `If-None-Match`.
+    pub not_modified: AtomicU64,
+    /// Copies dropped to stay within `--script-cache-size`.
+    pub evictions: AtomicU64,
+    /// Bytes held by the cache now.
+    pub bytes: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -145,6 +175,67 @@ impl Metrics {
             header(&mut o, name, kind, help);
             let _ = writeln!(o, "{name} {}", g(c));
         }
+        let s = &self.scripts;
+        header(
+            &mut o,
+            "tagway_script_requests_total",
+            "counter",
+            "Requests on script routes, by how the cache answered them.",
+        );
+        for (how, c) in [
+            ("hit", &s.hits),
+            ("miss", &s.misses),
+            ("stale", &s.stale),
+            ("stale_on_error", &s.stale_on_error),
+            ("vendor_answer", &s.vendor_answers),
+        ] {
+            let _ = writeln!(
+                o,
+                "tagway_script_requests_total{{cache=\"{how}\"}} {}",
+                g(c)
+            );
+        }
+        let scripts: [(&str, &str, &AtomicU64); 6] = [
+            (
+                "tagway_script_revalidations_total",
+                "Background refreshes of stale scripts started.",
+                &s.revalidations,
+            ),
+            (
+                "tagway_script_fetch_errors_total",
+                "Script fetches that failed (unreachable, timeout, 5xx, unreadable body).",
+                &s.fetch_errors,
+            ),
+            (
+                "tagway_script_uncacheable_total",
+                "Scripts over --script-max-size, served without caching.",
+                &s.uncacheable,
+            ),
+            (
+                "tagway_script_not_modified_total",
+                "304 answers to If-None-Match on script routes.",
+                &s.not_modified,
+            ),
+            (
+                "tagway_script_evictions_total",
+                "Cached scripts dropped to stay within --script-cache-size.",
+                &s.evictions,
+            ),
+            (
+                "tagway_script_cache_bytes",
+                "Bytes held by the script cache.",
+                &s.bytes,
+            ),
+        ];
+        for (name, help, c) in scripts {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            header(&mut o, name, kind, help);
+            let _ = writeln!(o, "{name} {}", g(c));
+        }
         header(
             &mut o,
             "tagway_connections_open",
@@ -156,6 +247,7 @@ impl Metrics {
             "tagway_connections_open {}",
             self.connections_open.load(Relaxed)
         );
+        self.spool.render(&mut o);
         o
     }
 }

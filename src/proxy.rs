@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -17,13 +18,13 @@ use tokio::time::{Instant, Sleep};
 
 use crate::clientip;
 use crate::config::compile::has_dot_segment;
-use crate::deliver::{Outgoing, Target, UpstreamClient};
+use crate::deliver::{Outgoing, Target, UpstreamClient, queue};
 use crate::gateway::Gateway;
 use crate::headers;
 use crate::respond::{self, Reject, ResBody};
 use crate::route::Lookup;
-use crate::ruleset::OnUndecodable;
 use crate::ruleset::RuleSet;
+use crate::ruleset::{Delivery, OnUndecodable};
 use crate::transform::{self, Processed};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -51,8 +52,8 @@ impl ConnInfo {
 /// Handles one request. Never fails: every problem becomes an answer with a status, a
 /// `tagway-error` kind and a message, and is counted.
 pub async fn handle(
-    gw: &Gateway,
-    client: &UpstreamClient,
+    gw: &Arc<Gateway>,
+    client: &Arc<UpstreamClient>,
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResBody> {
@@ -74,8 +75,8 @@ pub async fn handle(
 }
 
 async fn relay(
-    gw: &Gateway,
-    client: &UpstreamClient,
+    gw: &Arc<Gateway>,
+    client: &Arc<UpstreamClient>,
     rules: &RuleSet,
     conn: &ConnInfo,
     req: Request<Incoming>,
@@ -132,6 +133,25 @@ async fn relay(
         Lookup::NotFound => return Err(Reject::NotFound),
     };
     let (parts, body) = req.into_parts();
+    if let Some(policy) = &route.script {
+        // The loader of another site's id (gtag/js?id=…) is not served: only the id check of
+        // the route's program runs (a script route has no rules).
+        if route.program.ids.is_some() {
+            let query = parts.uri.query().unwrap_or("");
+            let ip = conn.peer.ip();
+            if let Ok(Processed::ForeignId(_)) =
+                transform::process(rules, route, query, &parts.headers, b"", ip, None)
+            {
+                gw.metrics.dropped_foreign_id.fetch_add(1, Relaxed);
+                tracing::debug!(route = %route.name, "not served: not one of the site's ids");
+                return Ok(respond::answer(&route.answer, cors));
+            }
+        }
+        // A GET: answered from the script cache; any body is not read.
+        let serve =
+            crate::scripts::serve::serve(gw, client, rules, route, policy, &parts, rest_from, cors);
+        return serve.await;
+    }
     let mut body = read_body(
         body,
         &parts.headers,
@@ -193,8 +213,15 @@ async fn relay(
         headers: headers::upstream_headers(&parts.headers, route, client_ip),
         body,
     };
-
     let upstream = &rules.upstreams[route.upstream];
+    // Queued routes: spooled and answered now, delivered in the background (deliver::queue).
+    let out = match route.delivery {
+        Delivery::Queue => match queue::accept(gw, route, &upstream.name, out).await? {
+            None => return Ok(respond::answer(&route.answer, cors)),
+            Some(out) => out,
+        },
+        Delivery::Relay => out,
+    };
     let (res, deadline) = client.send(upstream, out).await?;
     let (mut parts, body) = res.into_parts();
     gw.metrics.relayed(parts.status);

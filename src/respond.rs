@@ -37,11 +37,13 @@ pub enum Reject {
     ShuttingDown,
     /// The body could not be decoded by the route's codec (and its policy is to reject).
     Undecodable(String),
+    /// A queued route found the spool full and its policy is `on_spool_full = "reject"`.
+    SpoolFull,
 }
 
 impl Reject {
     /// Every kind, for metrics.
-    pub const KINDS: [&'static str; 16] = [
+    pub const KINDS: [&'static str; 17] = [
         "not_found",
         "method_not_allowed",
         "connect_refused",
@@ -58,6 +60,7 @@ impl Reject {
         "upstream_too_large",
         "shutting_down",
         "undecodable",
+        "spool_full",
     ];
 
     pub fn index(&self) -> usize {
@@ -78,6 +81,7 @@ impl Reject {
             Reject::UpstreamTooLarge(_) => 13,
             Reject::ShuttingDown => 14,
             Reject::Undecodable(_) => 15,
+            Reject::SpoolFull => 16,
         }
     }
 
@@ -100,7 +104,7 @@ impl Reject {
             | Reject::UpstreamFailed(_)
             | Reject::UpstreamTooLarge(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Reject::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::ShuttingDown | Reject::SpoolFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -126,6 +130,7 @@ impl Reject {
             | Reject::UpstreamFailed(m)
             | Reject::UpstreamTooLarge(m) => m.clone(),
             Reject::ShuttingDown => "the gateway is shutting down; retry".into(),
+            Reject::SpoolFull => "the delivery spool is full; retry later (operators: raise --spool-max-size, or set on_spool_full = \"relay\" on the route)".into(),
             Reject::Undecodable(why) => format!(
                 "the body could not be decoded ({why}); fix the sender, or set `codec` or `on_undecodable` on the route"
             ),

@@ -8,7 +8,7 @@
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method};
 
-pub use crate::config::model::{ForwardIp, OnUndecodable};
+pub use crate::config::model::{Delivery, ForwardIp, OnSpoolFull, OnUndecodable};
 use crate::route::RouteTable;
 
 /// One loaded generation of the rules.
@@ -120,6 +120,11 @@ pub struct Route {
     /// The answer when the request is not forwarded.
     pub answer: Answer,
     pub on_undecodable: crate::config::model::OnUndecodable,
+    /// A script route: answered from the script cache instead of relayed.
+    pub script: Option<std::sync::Arc<crate::scripts::ScriptPolicy>>,
+    /// Relay now, or spool and answer with `answer` at once.
+    pub delivery: Delivery,
+    pub on_spool_full: OnSpoolFull,
 }
 
 impl Route {
@@ -166,6 +171,15 @@ impl MethodSet {
 
     pub fn contains(&self, m: &Method) -> bool {
         Self::bit(m).is_some_and(|b| self.0 & b != 0)
+    }
+
+    /// Every method but GET and HEAD.
+    pub fn except_get_and_head() -> MethodSet {
+        let mut s = MethodSet::default();
+        for (n, _) in &Self::NAMES[2..] {
+            s.insert_name(n);
+        }
+        s
     }
 
     pub fn overlaps(&self, other: &MethodSet) -> bool {

@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use super::diag::{ConfigError, Diagnostic, Source, suggest, with_suggestion};
 use super::model::{
-    AnswerSpec, ForwardIp, OnUndecodable, RouteSpec, RuleFile, SiteSpec, UpstreamSpec,
+    AnswerSpec, Delivery, ForwardIp, OnSpoolFull, OnUndecodable, RouteSpec, RuleFile, SiteSpec,
+    UpstreamSpec,
 };
 use super::{RuleText, UpstreamOverride};
 use crate::route::RouteTable;
@@ -433,6 +434,36 @@ impl Compiler {
         };
         let program = self.program(t, r, sets);
         let answer = r.answer.as_ref().and_then(|a| self.answer(t, a));
+        let script = r.script.as_ref().and_then(|s| {
+            let facts = crate::scripts::RouteFacts {
+                name: &name,
+                upstream_origin: self.upstreams.get(upstream).map_or("", |u| &u.origin),
+                upstream_path: &upstream_path,
+                get_only: !methods.overlaps(&MethodSet::except_get_and_head()),
+                has_rules: !r.rules.is_empty() || !r.rulesets.is_empty(),
+                scan_off: r.scan == Some(false),
+            };
+            match crate::scripts::compile(s.get_ref(), &facts) {
+                Ok(p) => Some(std::sync::Arc::new(p)),
+                Err(errs) => {
+                    for e in errs {
+                        self.err(t, s.span(), e);
+                    }
+                    None
+                }
+            }
+        });
+        let delivery = r
+            .delivery
+            .as_ref()
+            .map_or(Delivery::Relay, |d| *d.get_ref());
+        if delivery == Delivery::Queue && r.set_cookie {
+            self.err(
+                t,
+                r.name.span(),
+                format!("route {name:?} is queued (delivery = \"queue\"), so the vendor's Set-Cookie can never reach the browser: set delivery = \"relay\" or drop set_cookie"),
+            );
+        }
         if self.diags.len() > before {
             return None;
         }
@@ -457,11 +488,17 @@ impl Compiler {
             forward_headers,
             max_body,
             program,
+            delivery,
+            on_spool_full: r
+                .on_spool_full
+                .as_ref()
+                .map_or(OnSpoolFull::Relay, |o| *o.get_ref()),
             answer: answer.unwrap_or_default(),
             on_undecodable: r
                 .on_undecodable
                 .as_ref()
                 .map_or(OnUndecodable::Reject, |o| *o.get_ref()),
+            script,
         };
         Some((route, exact, prefixes))
     }

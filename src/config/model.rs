@@ -166,6 +166,33 @@ pub struct RouteSpec {
     /// bodies): `{ status = 204 }` (default) or e.g. `{ status = 200, content_type = "image/gif",
     /// body_base64 = "R0lGOD…" }`.
     pub answer: Option<Spanned<AnswerSpec>>,
+    /// Serve the vendor's script first-party from a cache, its vendor hosts rewritten:
+    /// `{ rewrite = { "www.google-analytics.com" = "{host}" }, ttl = "1h", stale = "1d" }`.
+    pub script: Option<Spanned<crate::scripts::ScriptSpec>>,
+    /// `relay` (send now, pass the vendor's answer back) or `queue` (spool durably, answer
+    /// with `answer` at once, deliver in the background). Default `relay`: `answer` alone
+    /// also serves dropped requests, and a script or flags route queued by accident would
+    /// answer every browser with that fixed reply.
+    pub delivery: Option<Spanned<Delivery>>,
+    /// A queued request finding the spool full: `relay` (default: send it synchronously) or
+    /// `reject` (answer 503).
+    pub on_spool_full: Option<Spanned<OnSpoolFull>>,
+}
+
+/// How a route's requests reach the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    Relay,
+    Queue,
+}
+
+/// What a queued route does when the spool is full (or cannot be written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSpoolFull {
+    Relay,
+    Reject,
 }
 
 /// Policy for bodies that cannot be decoded.

@@ -42,13 +42,13 @@ pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
     loop {
         // One pair: up to the next `&`, noting the first `=` and any escapes on either side.
         let (mut i, mut eq, mut esc) = (start, usize::MAX, [false; 2]);
-        while i < b.len() {
-            match CLASS[b[i] as usize] {
-                0 => {}
-                AMP => break,
-                EQ if eq == usize::MAX => eq = i,
-                EQ => {}
-                _ => esc[(eq != usize::MAX) as usize] = true,
+        loop {
+            i = next_special(b, i);
+            match b.get(i).map(|&c| CLASS[c as usize]) {
+                None | Some(AMP) => break,
+                Some(EQ) if eq == usize::MAX => eq = i,
+                Some(EQ) => {}
+                Some(_) => esc[(eq != usize::MAX) as usize] = true,
             }
             i += 1;
         }
@@ -105,6 +105,29 @@ static CLASS: [u8; 256] = {
     t[b'+' as usize] = ESC;
     t
 };
+
+/// The index of the first `&`, `=`, `%` or `+` in `b` from `i` (or `b.len()`), eight bytes
+/// at a time: the "has zero byte" bit trick only flags bytes above a true match, so the lowest
+/// flagged byte is the first match.
+#[inline]
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    while let Some(&chunk) = b.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
+        let x = u64::from_le_bytes(chunk);
+        let zero = |c: u8| {
+            let y = x ^ (ONES * c as u64);
+            y.wrapping_sub(ONES) & !y
+        };
+        match (zero(b'&') | zero(b'=') | zero(b'%') | zero(b'+')) & (ONES * 0x80) {
+            0 => i += 8,
+            hit => return i + (hit.trailing_zeros() / 8) as usize,
+        }
+    }
+    while i < b.len() && CLASS[b[i] as usize] == 0 {
+        i += 1;
+    }
+    i
+}
 
 /// Percent-decodes one component (`+` as space); borrows when there is nothing to decode.
 /// Invalid escapes stay as written; bytes that are not UTF-8 after decoding become U+FFFD.

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod h1;
 mod io;
+pub mod queue;
 
 use bytes::Bytes;
 use http::Method;
@@ -13,6 +14,7 @@ use http::uri::PathAndQuery;
 
 pub use client::{ClientSettings, UpstreamClient};
 pub use h1::UpstreamBody;
+pub use queue::DeliverySettings;
 
 /// The request target at the upstream (path and query, origin-form).
 #[derive(Debug, Clone)]

@@ -7,21 +7,21 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     stderr: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Proc {
-    fn start(args: &[&str]) -> Proc {
+    pub(crate) fn start(args: &[&str]) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let cwd = dir.path().to_path_buf();
         Self::start_in(dir, &cwd, args)
     }
 
     /// Starts tagway with `cwd` as its working folder; `dir` holds its log.
-    fn start_in(dir: tempfile::TempDir, cwd: &Path, args: &[&str]) -> Proc {
+    pub(crate) fn start_in(dir: tempfile::TempDir, cwd: &Path, args: &[&str]) -> Proc {
         let stderr = dir.path().join("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_tagway"))
             .args(args)
@@ -38,12 +38,12 @@ impl Proc {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// Waits until the log shows the plain listener's address.
-    fn http_addr(&mut self) -> std::net::SocketAddr {
+    pub(crate) fn http_addr(&mut self) -> std::net::SocketAddr {
         let t0 = Instant::now();
         loop {
             let log = self.log();
@@ -61,14 +61,14 @@ impl Proc {
         }
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
         unsafe {
             libc::kill(self.child.id() as i32, sig);
         }
     }
 
-    fn wait(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
         let t0 = Instant::now();
         while t0.elapsed() < bound {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -89,7 +89,7 @@ impl Drop for Proc {
     }
 }
 
-fn write_rules(dir: &Path, text: &str) {
+pub(crate) fn write_rules(dir: &Path, text: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("00-test.toml"), text).unwrap();
 }

@@ -10,6 +10,9 @@ use tagway::clientip::TrustedProxies;
 use tagway::config::{RulesSource, UpstreamOverride};
 use tagway::{Gateway, Listeners, Settings};
 
+/// A change to the settings a test makes before the gateway starts.
+pub type Tweak = Box<dyn FnOnce(&mut Settings) + Send>;
+
 pub struct GwOptions {
     /// Text of `rules/00-test.toml`.
     pub rules: String,
@@ -29,6 +32,10 @@ pub struct GwOptions {
     pub watch: bool,
     pub max_response: u64,
     pub max_connections: usize,
+    pub workers: usize,
+    pub scripts: tagway::scripts::CacheSettings,
+    /// Any other settings (spool, delivery), applied last.
+    pub tweak: Option<Tweak>,
 }
 
 impl GwOptions {
@@ -49,6 +56,9 @@ impl GwOptions {
             watch: false,
             max_response: 8 * 1024 * 1024,
             max_connections: 1000,
+            workers: 1,
+            scripts: Default::default(),
+            tweak: None,
         }
     }
 
@@ -75,7 +85,7 @@ impl Gw {
             .unwrap_or_else(|e| panic!("gateway did not start: {e}"))
     }
 
-    pub async fn try_start(o: GwOptions) -> Result<Gw, String> {
+    pub async fn try_start(mut o: GwOptions) -> Result<Gw, String> {
         let rules_dir = tempfile::tempdir().unwrap();
         std::fs::write(rules_dir.path().join("00-test.toml"), &o.rules).unwrap();
         for (name, text) in &o.files {
@@ -89,7 +99,8 @@ impl Gw {
         s.client.timeout = o.upstream_timeout;
         s.client.connect_timeout = Duration::from_secs(2);
         s.upstream_ca = o.upstream_ca.clone();
-        s.workers = 1;
+        s.workers = o.workers;
+        s.scripts = o.scripts.clone();
         s.client.max_response = o.max_response;
         s.max_connections = o.max_connections;
         s.trusted_proxies = TrustedProxies::new(
@@ -106,6 +117,9 @@ impl Gw {
                 url: u.clone(),
             })
             .collect();
+        if let Some(t) = o.tweak.take() {
+            t(&mut s);
+        }
         let certs = if o.tls {
             let dir = o
                 .certs

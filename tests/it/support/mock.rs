@@ -77,6 +77,7 @@ pub struct Mock {
     pub tls: bool,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -119,7 +120,9 @@ impl Mock {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
         let (s2, c2, is_tls) = (seen.clone(), connections.clone(), tls.is_some());
+        let a2 = answered.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -127,9 +130,11 @@ impl Mock {
                 };
                 c2.fetch_add(1, Ordering::SeqCst);
                 let (seen, responder, tls) = (s2.clone(), responder.clone(), tls.clone());
+                let answered = a2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (seen, responder) = (seen.clone(), responder.clone());
+                        let answered = answered.clone();
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -149,6 +154,7 @@ impl Mock {
                             if !reply.delay.is_zero() {
                                 tokio::time::sleep(reply.delay).await;
                             }
+                            answered.fetch_add(1, Ordering::SeqCst);
                             let body: BoxBody<Bytes, Infallible> = if reply.chunked {
                                 let chunks: Vec<Result<Frame<Bytes>, Infallible>> = reply
                                     .body
@@ -186,6 +192,7 @@ impl Mock {
             tls: is_tls,
             seen,
             connections,
+            answered,
             task,
         }
     }
@@ -205,6 +212,11 @@ impl Mock {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Requests answered so far (after their reply's delay).
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
     }
 
     pub fn connections(&self) -> usize {

@@ -397,7 +397,7 @@ async fn a_record_whose_upstream_a_reload_removed_is_dead_lettered() {
 
 #[tokio::test]
 async fn a_queued_route_cannot_promise_the_vendors_cookies() {
-    let routes = "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"v\"\nanswer = { status = 204 }\nset_cookie = true\n";
+    let routes = "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"v\"\nanswer = { status = 204 }\ndelivery = \"queue\"\nset_cookie = true\n";
     let err = Gw::try_start(GwOptions::new(&rules(routes)))
         .await
         .err()
@@ -406,6 +406,12 @@ async fn a_queued_route_cannot_promise_the_vendors_cookies() {
         err.contains("Set-Cookie can never reach the browser"),
         "{err}"
     );
-    let relay = routes.replace("set_cookie", "delivery = \"relay\"\nset_cookie");
+    let relay = routes.replace("delivery = \"queue\"", "delivery = \"relay\"");
     Gw::start(GwOptions::new(&rules(&relay))).await.stop().await;
+    // An `answer` alone (for dropped requests) does not queue a route: relaying is the default.
+    let answer_only = routes.replace("delivery = \"queue\"\n", "");
+    Gw::start(GwOptions::new(&rules(&answer_only)))
+        .await
+        .stop()
+        .await;
 }

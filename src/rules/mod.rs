@@ -87,6 +87,24 @@ pub enum Outcome {
     Drop(String),
 }
 
+/// Where rules act, found once per request and kept across rules: rules change values inside
+/// events but not where the events are, except a per-event `drop_request`, which resets this.
+#[derive(Default)]
+struct Places {
+    all: Option<Vec<Target>>,
+    events: Option<Vec<Target>>,
+}
+
+impl Places {
+    fn all(&mut self, p: &Program, doc: &Doc<'_>) -> &[Target] {
+        self.all.get_or_insert_with(|| p.targets(doc, true))
+    }
+
+    fn events(&mut self, p: &Program, doc: &Doc<'_>) -> &[Target] {
+        self.events.get_or_insert_with(|| p.targets(doc, false))
+    }
+}
+
 /// The places a rule acts on: a part, or one event inside the body part.
 #[derive(Debug, Clone)]
 struct Target {
@@ -168,8 +186,9 @@ impl Program {
 
     /// Runs the rules and the scan.
     pub fn run(&self, doc: &mut Doc<'_>, ctx: &Ctx<'_>, key: &HmacKey) -> Outcome {
+        let mut places = Places::default();
         for rule in &self.rules {
-            if let Some(out) = self.apply_rule(rule, doc, ctx, key) {
+            if let Some(out) = self.apply_rule(rule, doc, ctx, key, &mut places) {
                 return out;
             }
         }
@@ -188,8 +207,9 @@ impl Program {
         key: &HmacKey,
         after: &mut dyn FnMut(&str, &Doc<'_>),
     ) -> Outcome {
+        let mut places = Places::default();
         for rule in &self.rules {
-            let out = self.apply_rule(rule, doc, ctx, key);
+            let out = self.apply_rule(rule, doc, ctx, key, &mut places);
             after(&format!("{} ({})", rule.label, rule.at), doc);
             if let Some(out) = out {
                 return out;
@@ -208,41 +228,49 @@ impl Program {
         doc: &mut Doc<'_>,
         ctx: &Ctx<'_>,
         key: &HmacKey,
+        places: &mut Places,
     ) -> Option<Outcome> {
+        let unconditional = rule.when.is_empty() && rule.unless.is_empty();
         if !rule.per_event {
-            let layers: Vec<(&Value<'_>, bool)> =
-                doc.parts.iter().map(|p| (&p.root, p.flat)).collect();
-            if !self.conds_hold(rule, ctx, doc, &EventView { layers: &layers }) {
-                return None;
+            if !unconditional {
+                let layers: Vec<(&Value<'_>, bool)> =
+                    doc.parts.iter().map(|p| (&p.root, p.flat)).collect();
+                if !self.conds_hold(rule, ctx, doc, &EventView { layers: &layers }) {
+                    return None;
+                }
             }
             if let Action::DropRequest = rule.action {
                 return Some(Outcome::Drop(rule.label.clone()));
             }
-            for t in self.targets(doc, true) {
-                apply_at(&rule.action, doc, &t, ctx, key, &self.keys);
+            for t in places.all(self, doc) {
+                apply_at(&rule.action, doc, t, ctx, key, &self.keys);
             }
             return None;
         }
-        let events = self.targets(doc, false);
+        let events = places.events(self, doc);
         let mut hits = Vec::new();
-        for t in &events {
+        for t in events {
+            // The event's own fields, then the URL query shared by all events (GA4 batches).
             let own = walk::at(&doc.parts[t.part].root, &t.path);
-            let mut layers = Vec::with_capacity(2);
-            if let Some(v) = own {
-                layers.push((v, doc.parts[t.part].flat));
-            }
-            if t.part != 0 {
-                layers.push((&doc.parts[0].root, true));
-            }
-            if self.conds_hold(rule, ctx, doc, &EventView { layers: &layers }) {
+            let shared = (t.part != 0).then(|| (&doc.parts[0].root, true));
+            let layers = [own.map(|v| (v, doc.parts[t.part].flat)), shared];
+            let layers = match layers {
+                [Some(a), Some(b)] => &[a, b][..],
+                [Some(a), None] | [None, Some(a)] => &[a][..],
+                [None, None] => &[][..],
+            };
+            if self.conds_hold(rule, ctx, doc, &EventView { layers }) {
                 hits.push(t.clone());
             }
         }
+        let n = events.len();
         if let Action::DropRequest = rule.action {
-            if !hits.is_empty() && hits.len() == events.len() {
+            if !hits.is_empty() && hits.len() == n {
                 return Some(Outcome::Drop(rule.label.clone()));
             }
             drop_events(doc, hits);
+            // Events are gone: their positions have to be found again.
+            *places = Places::default();
             return None;
         }
         for t in &hits {

@@ -166,15 +166,7 @@ impl Metrics {
                 &self.cert_problems,
             ),
         ];
-        for (name, help, c) in simple {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            header(&mut o, name, kind, help);
-            let _ = writeln!(o, "{name} {}", g(c));
-        }
+        plain(&mut o, &simple);
         let s = &self.scripts;
         header(
             &mut o,
@@ -227,15 +219,7 @@ impl Metrics {
                 &s.bytes,
             ),
         ];
-        for (name, help, c) in scripts {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            header(&mut o, name, kind, help);
-            let _ = writeln!(o, "{name} {}", g(c));
-        }
+        plain(&mut o, &scripts);
         header(
             &mut o,
             "tagway_connections_open",
@@ -252,6 +236,20 @@ impl Metrics {
     }
 }
 
-fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+/// Unlabelled metrics: `HELP`, `TYPE` (a counter when the name ends in `_total`, else a gauge)
+/// and the value of each.
+pub(crate) fn plain(o: &mut String, rows: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, c) in rows {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        header(o, name, kind, help);
+        let _ = writeln!(o, "{name} {}", c.load(Relaxed));
+    }
+}
+
+pub(crate) fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }

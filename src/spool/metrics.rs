@@ -2,6 +2,7 @@
 //! metrics. Shared by `Arc` between the gateway's [`crate::metrics::Metrics`], the spool
 //! writer and the delivery thread.
 
+use crate::metrics::{header, plain};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -48,91 +49,96 @@ impl SpoolMetrics {
 
     pub fn render(&self, o: &mut String) {
         let g = |c: &AtomicU64| c.load(Relaxed);
-        let one = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        one(
+        plain(
             o,
-            "tagway_spool_appended_total",
+            &[
+                (
+                    "tagway_spool_appended_total",
+                    "Queued requests written to the spool before they were answered.",
+                    &self.appended,
+                ),
+                (
+                    "tagway_spool_bytes",
+                    "Bytes of spool segment files on disk.",
+                    &self.bytes,
+                ),
+                (
+                    "tagway_spool_pending",
+                    "Spooled requests not yet delivered or dead-lettered.",
+                    &self.pending,
+                ),
+            ],
+        );
+        header(
+            o,
+            "tagway_spool_full_total",
             "counter",
-            "Queued requests written to the spool before they were answered.",
-            g(&self.appended),
-        );
-        one(
-            o,
-            "tagway_spool_bytes",
-            "gauge",
-            "Bytes of spool segment files on disk.",
-            g(&self.bytes),
-        );
-        one(
-            o,
-            "tagway_spool_pending",
-            "gauge",
-            "Spooled requests not yet delivered or dead-lettered.",
-            g(&self.pending),
+            "Queued requests that found the spool full or failing, by the route's on_spool_full policy.",
         );
         let _ = writeln!(
             o,
-            "# HELP tagway_spool_full_total Queued requests that found the spool full or failing, by the route's on_spool_full policy.\n# TYPE tagway_spool_full_total counter\ntagway_spool_full_total{{policy=\"relay\"}} {}\ntagway_spool_full_total{{policy=\"reject\"}} {}",
+            "tagway_spool_full_total{{policy=\"relay\"}} {}\ntagway_spool_full_total{{policy=\"reject\"}} {}",
             g(&self.full_relayed),
             g(&self.full_rejected)
         );
-        one(
+        plain(
             o,
-            "tagway_spool_write_errors_total",
-            "counter",
-            "Spool writes or syncs that failed.",
-            g(&self.write_errors),
+            &[
+                (
+                    "tagway_spool_write_errors_total",
+                    "Spool writes or syncs that failed.",
+                    &self.write_errors,
+                ),
+                (
+                    "tagway_spool_fsyncs_total",
+                    "fdatasync calls on spool segments.",
+                    &self.fsyncs,
+                ),
+                (
+                    "tagway_spool_recovered_total",
+                    "Undelivered records found in the spool at start.",
+                    &self.recovered,
+                ),
+                (
+                    "tagway_spool_damaged_total",
+                    "Damaged regions (torn or corrupt) skipped in spool segments at start.",
+                    &self.damaged,
+                ),
+            ],
         );
-        one(
+        header(
             o,
-            "tagway_spool_fsyncs_total",
+            "tagway_delivered_total",
             "counter",
-            "fdatasync calls on spool segments.",
-            g(&self.fsyncs),
-        );
-        one(
-            o,
-            "tagway_spool_recovered_total",
-            "counter",
-            "Undelivered records found in the spool at start.",
-            g(&self.recovered),
-        );
-        one(
-            o,
-            "tagway_spool_damaged_total",
-            "counter",
-            "Damaged regions (torn or corrupt) skipped in spool segments at start.",
-            g(&self.damaged),
-        );
-        let _ = writeln!(
-            o,
-            "# HELP tagway_delivered_total Background deliveries answered by the vendor, by status class.\n# TYPE tagway_delivered_total counter"
+            "Background deliveries answered by the vendor, by status class.",
         );
         for (i, c) in self.delivered.iter().enumerate().skip(1) {
             let _ = writeln!(o, "tagway_delivered_total{{class=\"{i}xx\"}} {}", g(c));
         }
-        one(
+        plain(
             o,
-            "tagway_delivery_retries_total",
-            "counter",
-            "Background delivery attempts that will be retried (connect errors, timeouts, 429, 5xx).",
-            g(&self.retries),
+            &[(
+                "tagway_delivery_retries_total",
+                "Background delivery attempts that will be retried (connect errors, timeouts, 429, 5xx).",
+                &self.retries,
+            )],
         );
-        let _ = writeln!(
+        header(
             o,
-            "# HELP tagway_dead_lettered_total Spooled requests written to the dead-letter file, by reason.\n# TYPE tagway_dead_lettered_total counter"
+            "tagway_dead_lettered_total",
+            "counter",
+            "Spooled requests written to the dead-letter file, by reason.",
         );
         for (r, c) in DEAD_REASONS.iter().zip(&self.dead_lettered) {
             let _ = writeln!(o, "tagway_dead_lettered_total{{reason=\"{r}\"}} {}", g(c));
         }
-        one(
+        plain(
             o,
-            "tagway_delivery_breaker_opened_total",
-            "counter",
-            "Times an upstream's circuit breaker opened.",
-            g(&self.breaker_opened),
+            &[(
+                "tagway_delivery_breaker_opened_total",
+                "Times an upstream's circuit breaker opened.",
+                &self.breaker_opened,
+            )],
         );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::process::{Proc, write_rules};
+use crate::process::{Proc, serve_args, write_rules};
 use crate::support::client::{Via, req};
 use crate::support::mock::Seen;
 use crate::support::*;
@@ -24,18 +24,8 @@ fn id_of(uri: &http::Uri) -> u64 {
 }
 
 fn args<'a>(rules: &'a str, upstream: &'a str, spool: &'a str) -> Vec<&'a str> {
-    vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-listen",
-        "off",
-        "--admin-listen",
-        "off",
-        "--rules",
-        rules,
-        "--upstream",
-        upstream,
+    let mut a = serve_args(rules, upstream);
+    a.extend([
         "--spool",
         spool,
         "--spool-fsync",
@@ -50,7 +40,8 @@ fn args<'a>(rules: &'a str, upstream: &'a str, spool: &'a str) -> Vec<&'a str> {
         "50ms",
         "--workers",
         "2",
-    ]
+    ]);
+    a
 }
 
 // Multi-threaded: the mock vendor must keep answering while the test blocks on the process.

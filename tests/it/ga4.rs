@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::support::client::Via;
 use crate::support::mock::Seen;
 use crate::support::*;
 
@@ -90,16 +89,11 @@ async fn send_hit(gw: &Gw, method: &str, path: &str, body: &str) -> Reply {
     if !body.is_empty() {
         b = b.header("content-type", "text/plain;charset=UTF-8");
     }
-    send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
+    send_plain(
+        gw.http,
         b.body(Full::new(Bytes::from(body.to_string()))).unwrap(),
     )
     .await
-    .unwrap()
 }
 
 /// Every form a value could take on the way out.
@@ -345,16 +339,7 @@ async fn gtag_js_is_served_rewritten_to_the_tracking_host_and_cached() {
         .header("host", "localhost")
         .header("if-none-match", etag);
     b = b.header("accept-encoding", "gzip, deflate, br");
-    let again = send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
-        b.body(Full::new(Bytes::new())).unwrap(),
-    )
-    .await
-    .unwrap();
+    let again = send_plain(gw.http, b.body(Full::new(Bytes::new())).unwrap()).await;
     assert_eq!(again.status, 200, "another encoding, another tag");
     let br_tag = again.header("etag").unwrap().to_string();
     let b = Request::builder()
@@ -362,16 +347,7 @@ async fn gtag_js_is_served_rewritten_to_the_tracking_host_and_cached() {
         .header("host", "localhost")
         .header("accept-encoding", "gzip, deflate, br")
         .header("if-none-match", &br_tag);
-    let revalidated = send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
-        b.body(Full::new(Bytes::new())).unwrap(),
-    )
-    .await
-    .unwrap();
+    let revalidated = send_plain(gw.http, b.body(Full::new(Bytes::new())).unwrap()).await;
     assert_eq!(revalidated.status, 304);
     assert_eq!(tags.count(), 1);
 

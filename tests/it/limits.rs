@@ -26,18 +26,13 @@ async fn bodies_over_the_route_limit_get_413_without_upstream_contact() {
     let mock = Mock::plain().await;
     let gw = Gw::start(GwOptions::new(&rules(ROUTE)).upstream("v", mock.url())).await;
     let big = Bytes::from(vec![b'a'; 2048]);
-    let r = send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
+    let r = send_plain(
+        gw.http,
         req("POST", "/g/collect")
             .body(Full::new(big.clone()))
             .unwrap(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status, 413);
     assert!(r.text().contains("1024 bytes"), "{}", r.text());
     // Chunked (no Content-Length): the limit applies while reading.

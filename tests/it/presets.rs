@@ -15,7 +15,7 @@ use tagway::config::{RulesSource, load};
 use tagway::inspect::{self, Inspection, Request};
 use tagway::ruletest::leaks;
 
-use crate::support::client::{Via, req};
+use crate::support::client::req;
 use crate::support::*;
 
 /// The client address every fixture is sent from: its full form must never leave.
@@ -456,16 +456,7 @@ async fn beacons_for_ids_the_site_does_not_list_are_answered_not_relayed() {
             b"en=a\r\nen=b&tid=G-OTHER99999\r\n",
         )))
         .unwrap();
-    let r = send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
-        batch,
-    )
-    .await
-    .unwrap();
+    let r = send_plain(gw.http, batch).await;
     assert_eq!(r.status, 204);
     let r = get(gw.http, "/tr/?id=999&ev=PageView").await;
     assert_eq!(r.status, 200, "Meta's own answer");

@@ -89,6 +89,24 @@ impl Drop for Proc {
     }
 }
 
+/// `tagway serve` on a free loopback port, plain HTTP only (no TLS, no admin listener), with
+/// the rules in `rules` and one upstream override `NAME=URL`; callers append their own flags.
+pub(crate) fn serve_args<'a>(rules: &'a str, upstream: &'a str) -> Vec<&'a str> {
+    vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "off",
+        "--admin-listen",
+        "off",
+        "--rules",
+        rules,
+        "--upstream",
+        upstream,
+    ]
+}
+
 pub(crate) fn write_rules(dir: &Path, text: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("00-test.toml"), text).unwrap();
@@ -110,21 +128,9 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         ),
     );
     let upstream = format!("v={}", mock.url());
-    let mut p = Proc::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-listen",
-        "off",
-        "--admin-listen",
-        "off",
-        "--rules",
-        dir.path().to_str().unwrap(),
-        "--upstream",
-        &upstream,
-        "--shutdown-timeout",
-        "5s",
-    ]);
+    let mut args = serve_args(dir.path().to_str().unwrap(), &upstream);
+    args.extend(["--shutdown-timeout", "5s"]);
+    let mut p = Proc::start(&args);
     let addr = p.http_addr();
     let inflight = tokio::spawn(async move { get(addr, "/slow").await });
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -294,19 +300,7 @@ async fn sighup_reloads_the_rules_and_a_broken_set_keeps_the_old_one() {
     };
     write_rules(dir.path(), &crate::support::gateway::rules(&route("a")));
     let upstream = format!("v={}", mock.url());
-    let mut p = Proc::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-listen",
-        "off",
-        "--admin-listen",
-        "off",
-        "--rules",
-        dir.path().to_str().unwrap(),
-        "--upstream",
-        &upstream,
-    ]);
+    let mut p = Proc::start(&serve_args(dir.path().to_str().unwrap(), &upstream));
     let addr = p.http_addr();
     assert_eq!(get(addr, "/a").await.status, 204);
     let wait_for = |p: &Proc, what: &str, n: usize| {

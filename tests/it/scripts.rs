@@ -56,16 +56,7 @@ async fn fetch(gw: &Gw, path: &str, headers: &[(&str, &str)]) -> Reply {
     for (n, v) in headers {
         b = b.header(*n, *v);
     }
-    send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
-        b.body(Full::new(Bytes::new())).unwrap(),
-    )
-    .await
-    .unwrap()
+    send_plain(gw.http, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
 fn gunzip(b: &[u8]) -> String {
@@ -536,16 +527,7 @@ async fn scripts_over_h2_and_head_requests() {
         .header("accept-encoding", "br")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let h = send(
-        Via {
-            addr: gw.http,
-            tls: None,
-            h2: false,
-        },
-        head,
-    )
-    .await
-    .unwrap();
+    let h = send_plain(gw.http, head).await;
     assert_eq!(h.status, 200);
     assert!(h.body.is_empty());
     assert_eq!(h.header("etag"), r.header("etag"));

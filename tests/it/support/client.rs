@@ -125,13 +125,23 @@ pub fn req(method: &str, uri: &str) -> http::request::Builder {
 
 /// `GET path` over plain HTTP/1.1.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send_plain(
+        addr,
+        req("GET", path).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
+}
+
+/// `req` over plain HTTP/1.1; panics when the exchange fails (tests that expect a failure use
+/// [`send`]).
+pub async fn send_plain(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
     send(
         Via {
             addr,
             tls: None,
             h2: false,
         },
-        req("GET", path).body(Full::new(Bytes::new())).unwrap(),
+        req,
     )
     .await
     .unwrap()

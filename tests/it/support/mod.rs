@@ -8,6 +8,6 @@ pub mod mock;
 pub mod raw;
 
 pub use certs::TestCa;
-pub use client::{Reply, get, send};
+pub use client::{Reply, get, send, send_plain};
 pub use gateway::{Gw, GwOptions};
 pub use mock::{Mock, MockReply};

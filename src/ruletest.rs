@@ -10,7 +10,8 @@ use http::{HeaderName, HeaderValue, Method};
 
 use crate::config::model::TestSpec;
 use crate::inspect::{self, Inspection, Request};
-use crate::rules::select::Selector;
+use crate::rules::cond::cookie_in;
+use crate::rules::select::{Scope, Selector};
 use crate::ruleset::RuleSet;
 
 /// The result of one test case.
@@ -96,9 +97,11 @@ pub fn run(rules: &RuleSet, spec: &TestSpec) -> Vec<String> {
             Err(err) => fails.push(format!("expect: field selector {err}")),
         }
     }
-    // Read every named field as received and as it would leave.
-    let mut before: Vec<Option<String>> = Vec::new();
-    let mut after: Vec<Option<String>> = Vec::new();
+    // Read every named field as received and as it would leave. The observer sees payload
+    // fields (it does not run at all on a route without rules); headers and cookies are read
+    // from the request and from what is sent.
+    let mut before: Vec<Option<String>> = vec![None; sels.len()];
+    let mut after: Vec<Option<String>> = vec![None; sels.len()];
     let mut each = |label: &str, doc: &crate::decode::Doc<'_>| {
         let vals: Vec<Option<String>> = sels.iter().map(|(_, s)| inspect::read(doc, s)).collect();
         if label == "received" {
@@ -110,24 +113,35 @@ pub fn run(rules: &RuleSet, spec: &TestSpec) -> Vec<String> {
         Ok(i) => i,
         Err(err) => return vec![err],
     };
-    // `header:NAME`: the header as the client sent it, and as it leaves for the vendor.
+    let sent: Vec<(&str, &str)> = ins.sent.as_ref().map_or(Vec::new(), |s| {
+        s.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    });
+    let received = |name: &str| -> Vec<&str> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    };
+    let leaving = |name: &str| -> Vec<&str> {
+        sent.iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+            .collect()
+    };
     for (i, (_, sel)) in sels.iter().enumerate() {
-        if let crate::rules::select::Scope::Header(name) = &sel.scope {
-            let sent = req
-                .headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let leaves = ins.sent.as_ref().and_then(|s| {
-                s.headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.clone())
-            });
-            if let (Some(b), Some(a)) = (before.get_mut(i), after.get_mut(i)) {
-                (*b, *a) = (sent, leaves);
-            }
-        }
+        let (b, a) = match &sel.scope {
+            Scope::Header(h) => (received(h).first().copied(), leaving(h).first().copied()),
+            Scope::Cookie(c) => (
+                cookie_in(received("cookie"), c),
+                cookie_in(leaving("cookie"), c),
+            ),
+            _ => continue,
+        };
+        (before[i], after[i]) = (b.map(str::to_string), a.map(str::to_string));
     }
     if let Some(want) = &spec.route {
         if ins.route != *want {

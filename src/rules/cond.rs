@@ -80,22 +80,29 @@ pub struct Ctx<'r> {
     pub tcf: std::cell::OnceCell<Option<super::tcf::TcCore>>,
 }
 
+/// The value of cookie `name` in `Cookie` header lines (`a=1; b=2`).
+pub fn cookie_in<'h>(lines: impl IntoIterator<Item = &'h str>, name: &str) -> Option<&'h str> {
+    lines.into_iter().find_map(|line| {
+        line.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+    })
+}
+
 impl Ctx<'_> {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|line| {
-                line.split(';').find_map(|pair| {
-                    let (k, v) = pair.trim().split_once('=')?;
-                    (k.trim() == name).then(|| v.trim())
-                })
-            })
+        cookie_in(
+            self.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            name,
+        )
     }
 
     pub fn gpc(&self) -> bool {

@@ -148,6 +148,48 @@ expect.not_contains = ["u1", "abc1", "jane.doe@example.com"]
     assert_eq!(f.len(), 8, "{all}");
 }
 
+/// `header:` and `cookie:` expectations are read from the request and from what leaves, also
+/// on a route without rules (where no rule observer runs).
+#[test]
+fn header_and_cookie_expectations_are_checked_on_a_plain_route() {
+    let text = r#"
+[upstreams.v]
+url = "https://vendor.example"
+
+[[route]]
+name = "plain"
+path = "/p"
+upstream = "v"
+
+[[test]]
+name = "right and wrong on purpose"
+request.url = "/p"
+request.headers = { "user-agent" = "UA1", cookie = "_ga=G1; _fbp=F1" }
+expect.unchanged = ["header:user-agent"]
+expect.absent = ["cookie:_ga", "header:user-agent"]
+expect.present = ["cookie:_fbp"]
+expect.fields = { "header:user-agent" = "other" }
+"#;
+    let rules = load(
+        &RulesSource::Texts(vec![RuleText {
+            name: "plain.toml".into(),
+            text: text.into(),
+        }]),
+        &[],
+    )
+    .unwrap();
+    let out = ruletest::run_all(&rules);
+    let all = out[0].failures.join("\n");
+    for want in [
+        "field header:user-agent: expected absent, got \"UA1\"",
+        "field cookie:_fbp: expected present, it is absent",
+        "field header:user-agent: expected \"other\", got \"UA1\"",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    assert_eq!(out[0].failures.len(), 3, "{all}");
+}
+
 /// The query string of the relay benchmark's GA4 hit (w1): an email, a phone number and a
 /// token in the page URL, the referrer, `uid` and `ep.*`.
 const GA4_HIT: &str = include_str!("../../bench/payloads/w1-query.txt");

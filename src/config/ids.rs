@@ -104,7 +104,11 @@ impl Compiler {
         }
         let mut fields = Vec::new();
         for f in &field.get_ref().0 {
-            fields.push(self.selector(t, &Spanned::new(field.span(), f.clone()))?);
+            fields.push(self.payload_selector(
+                t,
+                &Spanned::new(field.span(), f.clone()),
+                "the id is read from the payload (query or body), not from headers or cookies",
+            )?);
         }
         let name = list.get_ref().clone();
         self.id_lists_used

@@ -221,6 +221,21 @@ impl Compiler {
         }
     }
 
+    /// A selector of a payload field: `header:` and `cookie:` are refused with `why`.
+    pub(super) fn payload_selector(
+        &mut self,
+        t: &RuleText,
+        s: &Spanned<String>,
+        why: &str,
+    ) -> Option<Selector> {
+        let sel = self.selector(t, s)?;
+        if matches!(sel.scope, Scope::Header(_) | Scope::Cookie(_)) {
+            self.err(t, s.span(), format!("{:?}: {why}", s.get_ref()));
+            return None;
+        }
+        Some(sel)
+    }
+
     fn replace_mode(
         &mut self,
         t: &RuleText,
@@ -278,21 +293,13 @@ impl Compiler {
         let sels = |c: &mut Compiler, l: &Option<Vec<Spanned<String>>>| -> Vec<Selector> {
             l.iter()
                 .flatten()
-                .filter_map(|s| match c.selector(t, s) {
-                    Some(sel) if matches!(sel.scope, Scope::Header(_) | Scope::Cookie(_)) => {
-                        c.err(
-                            t,
-                            s.span(),
-                            format!(
-                                "{:?}: rules change the payload, not headers or cookies (headers \
-                                 leave by the route's allowlist, cookies only when `cookies` \
-                                 names them)",
-                                s.get_ref()
-                            ),
-                        );
-                        None
-                    }
-                    other => other,
+                .filter_map(|s| {
+                    c.payload_selector(
+                        t,
+                        s,
+                        "rules change the payload, not headers or cookies (headers leave by \
+                         the route's allowlist, cookies only when `cookies` names them)",
+                    )
                 })
                 .collect()
         };

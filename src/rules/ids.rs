@@ -51,20 +51,24 @@ impl IdCheck {
                 },
             );
         }
-        let field = self
-            .fields
-            .iter()
-            .map(|f| f.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" or ");
+        // The message is built only for a request that is refused.
+        let field = || {
+            self.fields
+                .iter()
+                .map(|f| f.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
         match (found, foreign) {
             (0, _) => Err(format!(
                 "no id in {} (the site's [site.ids] {} list is not empty)",
-                field, self.list
+                field(),
+                self.list
             )),
             (_, Some(id)) => Err(format!(
                 "id {id:?} in {} is not in the site's [site.ids] {} list",
-                field, self.list
+                field(),
+                self.list
             )),
             _ => Ok(()),
         }

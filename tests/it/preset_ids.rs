@@ -287,5 +287,9 @@ fn id_field_is_one_selector_or_a_non_empty_list() {
     let e = load_route("[\"a[\"]").unwrap_err().to_string();
     assert!(e.contains("t.toml:") && e.contains("field selector"), "{e}");
     let e = load_route("3").unwrap_err().to_string();
-    assert!(e.contains("a field selector or a list of them"), "{e}");
+    assert!(e.contains("a field selector or a list of them"), "{e}"); // A header or cookie never holds the id: such a route would drop every beacon.
+    for f in ["\"header:x-id\"", "[\"tid\", \"cookie:_id\"]"] {
+        let e = load_route(f).unwrap_err().to_string();
+        assert!(e.contains("not from headers or cookies"), "{f}: {e}");
+    }
 }

@@ -308,6 +308,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                     set.upstreams[r.upstream].name,
                     set.upstreams[r.upstream].origin,
                     match r.delivery {
+                        _ if r.script.is_some() => "script, cached",
                         tagway::ruleset::Delivery::Queue => "queued",
                         tagway::ruleset::Delivery::Relay => "relayed",
                     }

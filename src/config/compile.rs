@@ -457,6 +457,13 @@ impl Compiler {
             .delivery
             .as_ref()
             .map_or(Delivery::Relay, |d| *d.get_ref());
+        if delivery == Delivery::Queue && r.script.is_some() {
+            self.err(
+                t,
+                r.name.span(),
+                format!("route {name:?} is a script route, which serves the vendor's script: it cannot be queued (delivery = \"queue\" answers every browser with the fixed `answer`); remove `delivery`"),
+            );
+        }
         if delivery == Delivery::Queue && r.set_cookie {
             self.err(
                 t,

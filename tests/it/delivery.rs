@@ -415,3 +415,23 @@ async fn a_queued_route_cannot_promise_the_vendors_cookies() {
         .stop()
         .await;
 }
+
+/// A script route serves the vendor's script: queueing it would answer every browser with the
+/// fixed `answer`, so it is refused at load.
+#[tokio::test]
+async fn a_script_route_cannot_be_queued() {
+    let routes = "[[route]]\nname = \"js\"\npath = \"/s.js\"\nmethods = [\"GET\"]\nupstream = \"v\"\ncodec = \"opaque\"\nscan = false\ndelivery = \"queue\"\nscript = { ttl = \"1h\" }\n";
+    let err = Gw::try_start(GwOptions::new(&rules(routes)))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("is a script route") && err.contains("cannot be queued"),
+        "{err}"
+    );
+    let relayed = routes.replace("delivery = \"queue\"\n", "");
+    Gw::start(GwOptions::new(&rules(&relayed)))
+        .await
+        .stop()
+        .await;
+}

@@ -95,7 +95,18 @@ async fn kill_9_under_load_then_a_torn_segment_loses_no_answered_beacon() {
             }
         }));
     }
-    while answered.lock().unwrap().len() < 300 {
+    // Bounded: a client that stopped early (a non-2xx answer, the gateway gone) fails the test
+    // here instead of hanging it.
+    for waited in 0.. {
+        if answered.lock().unwrap().len() >= 300 {
+            break;
+        }
+        assert!(
+            waited < 6000 && !clients.iter().any(|c| c.is_finished()),
+            "300 answered beacons never came ({} so far); log:\n{}",
+            answered.lock().unwrap().len(),
+            p.log()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // SIGKILL by PID while the clients keep sending.

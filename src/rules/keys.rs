@@ -33,8 +33,8 @@ pub struct KeyIndex {
     exact: Vec<Vec<(Box<[u8]>, u64)>>,
     globs: Vec<Vec<(KeyPat, u64)>>,
     wild: Vec<(KeyPat, u64)>,
-    /// Patterns by text, so that selectors naming the same key share a bit.
-    texts: Vec<(String, u64)>,
+    /// Every pattern with its bit, so that selectors naming the same key share one.
+    patterns: Vec<(KeyPat, u64)>,
     /// Tells this index's entries apart in the per-thread memo of classified keys.
     id: u32,
 }
@@ -56,26 +56,22 @@ impl KeyIndex {
         exact: Vec::new(),
         globs: Vec::new(),
         wild: Vec::new(),
-        texts: Vec::new(),
+        patterns: Vec::new(),
         id: 0,
     };
 
     /// Gives `sel` a bit for its flat pattern (shared with any selector of the same pattern).
     /// Selectors beyond the 63rd distinct pattern keep no bit and are matched directly.
     pub fn add(&mut self, sel: &mut Selector) {
-        let text = match &sel.flat {
-            KeyPat::Exact(e) => e.clone(),
-            KeyPat::Glob(g) => g.text(),
-        };
-        if let Some((_, bit)) = self.texts.iter().find(|(t, _)| *t == text) {
+        if let Some((_, bit)) = self.patterns.iter().find(|(p, _)| *p == sel.flat) {
             sel.bit = *bit;
             return;
         }
-        if self.texts.len() as u32 >= MAX_BITS {
+        if self.patterns.len() as u32 >= MAX_BITS {
             sel.bit = 0;
             return;
         }
-        let bit = 1u64 << self.texts.len();
+        let bit = 1u64 << self.patterns.len();
         if self.exact.is_empty() {
             static NEXT_ID: AtomicU32 = AtomicU32::new(1);
             self.id = NEXT_ID.fetch_add(1, Relaxed);
@@ -86,12 +82,12 @@ impl KeyIndex {
             KeyPat::Exact(e) => {
                 self.exact[exact_bucket(e.as_bytes())].push((e.as_bytes().into(), bit))
             }
-            g @ KeyPat::Glob(_) => match text.as_bytes().first() {
-                Some(&b) if b != b'*' => self.globs[b as usize].push((g.clone(), bit)),
-                _ => self.wild.push((g.clone(), bit)),
+            KeyPat::Glob(g) => match g.lead().first() {
+                Some(&b) => self.globs[b as usize].push((sel.flat.clone(), bit)),
+                None => self.wild.push((sel.flat.clone(), bit)),
             },
         }
-        self.texts.push((text, bit));
+        self.patterns.push((sel.flat.clone(), bit));
         sel.bit = bit;
     }
 
@@ -112,7 +108,7 @@ impl KeyIndex {
             return bits;
         }
         for (e, bit) in &self.exact[exact_bucket(k)] {
-            if e.len() == k.len() && e.iter().zip(k).all(|(a, b)| a == b) {
+            if **e == *k {
                 bits |= bit;
             }
         }

@@ -123,9 +123,9 @@ fn find_short(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl Glob {
-    /// The pattern as written (`ep.*email*`).
-    pub fn text(&self) -> String {
-        self.pieces.join("*")
+    /// The literal text before the first `*` (empty for `*email*`).
+    pub fn lead(&self) -> &[u8] {
+        self.pieces[0].as_bytes()
     }
 
     fn matches(&self, mut s: &[u8]) -> bool {

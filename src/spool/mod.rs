@@ -110,7 +110,8 @@ pub struct Queued {
 #[derive(Debug)]
 struct SegState {
     len: u64,
-    /// Records in it still to deliver (recovered) or written (this run).
+    /// Records in it still to deliver (recovered) or appended (this run: counted when the writer
+    /// places a frame in it, before the write, so it is never complete while a batch adds to it).
     total: u64,
     done: u64,
     sealed: bool,

@@ -99,3 +99,72 @@ async fn the_size_limit_refuses_and_gives_back() {
     // The last segment went when its records were all done and the writer stopped.
     assert_eq!(s.metrics().bytes.load(Relaxed), 0);
 }
+
+/// Runs a writer over `n` appends that it takes as one batch (all queued before it starts),
+/// with segments smaller than the batch, then stops it. Returns what it queued for delivery.
+fn write_one_batch(dir: &Path, n: u32) -> (Vec<Queued>, Arc<SpoolMetrics>) {
+    let metrics: Arc<SpoolMetrics> = Arc::default();
+    let (qtx, mut qrx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        state: Mutex::new(recover(dir, &metrics, &qtx).unwrap()),
+        metrics: metrics.clone(),
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut answers = Vec::new();
+    for i in 0..n {
+        let frame = record::encode(now_ms(), "r", "v", &out(i));
+        metrics.bytes.fetch_add(frame.len() as u64, Relaxed);
+        let record = record::decode(&frame[record::HEADER..]).unwrap();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = writer::Job {
+            frame,
+            record,
+            reply,
+        };
+        tx.send(writer::Msg::Append(job)).unwrap();
+        answers.push(answer);
+    }
+    let (stop, stopped) = std::sync::mpsc::channel();
+    tx.send(writer::Msg::Stop(stop)).unwrap();
+    writer::Writer::new(shared, qtx, Fsync::Always, 200).run(rx);
+    stopped.recv().unwrap();
+    for mut a in answers {
+        a.try_recv().unwrap().unwrap();
+    }
+    let got = (0..n).map(|_| qrx.try_recv().unwrap()).collect();
+    (got, metrics)
+}
+
+#[test]
+fn a_batch_that_rolls_segments_keeps_every_record_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (got, metrics) = write_one_batch(dir.path(), 10);
+    let segs: HashSet<u64> = got.iter().map(|g| g.loc.seg).collect();
+    assert!(segs.len() > 1, "the batch rolled segments");
+    for g in &got {
+        assert!(
+            segment::seg_path(dir.path(), g.loc.seg).exists(),
+            "{} was answered but its segment {} is gone",
+            g.record.out.target.as_str(),
+            g.loc.seg
+        );
+    }
+    assert_eq!(metrics.pending.load(Relaxed), 10);
+
+    // After a crash (nothing delivered), every answered record comes back, and delivering
+    // them all empties the folder.
+    let (s, mut q) = open(dir.path(), Fsync::Always);
+    assert_eq!(s.metrics().recovered.load(Relaxed), 10);
+    let mut ids = Vec::new();
+    while let Ok(g) = q.try_recv() {
+        ids.push(g.record.out.target.as_str().to_string());
+        s.done(g.loc);
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("/b?id={i}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(s.metrics().pending.load(Relaxed), 0);
+    s.close();
+    assert_eq!(files(dir.path(), "seg"), 0);
+    assert_eq!(s.metrics().bytes.load(Relaxed), 0);
+}

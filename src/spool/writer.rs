@@ -185,12 +185,7 @@ impl Writer {
         if let Err(e) = result {
             m.write_errors.fetch_add(1, Relaxed);
             tracing::error!("{e}");
-            // Give back the reservations, and start a new segment next time: the failed one
-            // may end in a partial record (recovery skips it).
-            let n: u64 = jobs.iter().map(|j| j.frame.len() as u64).sum();
-            m.bytes.fetch_sub(n, Relaxed);
-            self.buf.clear();
-            self.seal_active();
+            self.unwind(&jobs, &locs);
             for j in jobs {
                 let _ = j.reply.send(Err(SpoolError::Io {
                     path: self.shared.dir.display().to_string(),
@@ -199,16 +194,6 @@ impl Writer {
                 }));
             }
             return;
-        }
-        {
-            let Ok(mut st) = self.shared.state.lock() else {
-                return;
-            };
-            for l in &locs {
-                if let Some(s) = st.segs.get_mut(&l.seg) {
-                    s.total += 1;
-                }
-            }
         }
         m.appended.fetch_add(jobs.len() as u64, Relaxed);
         m.pending.fetch_add(jobs.len() as u64, Relaxed);
@@ -221,8 +206,41 @@ impl Writer {
         }
     }
 
+    /// A failed batch: its frames are taken back off their segments' counts (sealed segments
+    /// left with every record done are removed), and a new segment is started next time, as
+    /// the failed one may end in a partial record (recovery skips it). The reservations of
+    /// frames in no segment file are given back now; those of frames written before the
+    /// failure stay in their segment's length until it is removed.
+    fn unwind(&mut self, jobs: &[Job], locs: &[Loc]) {
+        let reserved: u64 = jobs.iter().map(|j| j.frame.len() as u64).sum();
+        let mut written = 0;
+        if let Ok(mut st) = self.shared.state.lock() {
+            for (j, l) in jobs.iter().zip(locs) {
+                if let Some(s) = st.segs.get_mut(&l.seg) {
+                    s.total = s.total.saturating_sub(1);
+                    if l.offset < s.len {
+                        written += j.frame.len() as u64;
+                    }
+                }
+            }
+            let mut segs: Vec<u64> = locs.iter().map(|l| l.seg).collect();
+            segs.dedup();
+            for id in segs {
+                self.shared.remove_if_complete(&mut st, id);
+            }
+        }
+        self.shared
+            .metrics
+            .bytes
+            .fetch_sub(reserved - written, Relaxed);
+        self.buf.clear();
+        self.seal_active();
+    }
+
     /// Adds one frame to the pending write, starting a new segment first when the current
-    /// one would grow past the segment size.
+    /// one would grow past the segment size. The frame counts in its segment's `total` from
+    /// here on, so sealing a segment (here, when the batch rolls on) never removes it while
+    /// it holds frames of this batch.
     fn append(&mut self, frame: &[u8], locs: &mut Vec<Loc>) -> Result<(), SpoolError> {
         let full = self.active.as_ref().is_some_and(|a| {
             a.len + self.buf.len() as u64 > 0
@@ -240,6 +258,11 @@ impl Writer {
             self.open_segment()?;
         }
         let a = self.active.as_ref().ok_or(SpoolError::Stopped)?;
+        let mut st = self.shared.state.lock().map_err(|_| SpoolError::Stopped)?;
+        if let Some(s) = st.segs.get_mut(&a.id) {
+            s.total += 1;
+        }
+        drop(st);
         locs.push(Loc {
             seg: a.id,
             offset: a.len + self.buf.len() as u64,

@@ -46,45 +46,33 @@ pub const MAX_LEN: usize = 16 * 1024;
 /// Characters of the core segment decoded: 36 × 6 = 216 bits, through `PublisherCC`.
 const CORE_CHARS: usize = 36;
 
-fn sextet(c: u8) -> Option<u8> {
-    Some(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'-' => 62,
-        b'_' => 63,
-        _ => return None,
-    })
-}
-
 /// Decodes the core segment's version and purpose bitfields. Every segment (`.`-separated)
 /// must be base64url text (trailing `=` tolerated).
 pub fn decode(tc: &str) -> Result<TcCore, TcfError> {
+    use base64::Engine as _;
     let tc = tc.trim();
     if tc.len() > MAX_LEN {
         return Err(TcfError::TooLong);
     }
-    for seg in tc.split('.') {
+    let b64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let mut core = "";
+    for (i, seg) in tc.split('.').enumerate() {
         let seg = seg.trim_end_matches('=');
-        if seg.is_empty() || seg.bytes().any(|b| sextet(b).is_none()) {
+        if seg.is_empty() || !seg.bytes().all(b64url) {
             return Err(TcfError::NotBase64);
         }
+        if i == 0 {
+            core = seg;
+        }
     }
-    let core = tc.split('.').next().unwrap_or_default().as_bytes();
     if core.len() < CORE_CHARS {
         return Err(TcfError::TooShort);
     }
-    // 36 sextets → 27 bytes.
+    // 36 characters (a multiple of 4, so no padding question) → 27 bytes.
     let mut bytes = [0u8; CORE_CHARS * 6 / 8];
-    for (i, quad) in core[..CORE_CHARS].chunks_exact(4).enumerate() {
-        let mut n: u32 = 0;
-        for &c in quad {
-            n = (n << 6) | u32::from(sextet(c).ok_or(TcfError::NotBase64)?);
-        }
-        bytes[i * 3] = (n >> 16) as u8;
-        bytes[i * 3 + 1] = (n >> 8) as u8;
-        bytes[i * 3 + 2] = n as u8;
-    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(&core[..CORE_CHARS], &mut bytes)
+        .map_err(|_| TcfError::NotBase64)?;
     let bits = |start: usize, len: usize| -> u32 {
         (start..start + len).fold(0u32, |acc, i| {
             (acc << 1) | u32::from((bytes[i / 8] >> (7 - i % 8)) & 1)

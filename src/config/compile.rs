@@ -9,7 +9,7 @@ use http::HeaderName;
 use http::uri::{Scheme, Uri};
 use toml::Spanned;
 
-use super::diag::{ConfigError, Diagnostic, Source, suggest, with_suggestion};
+use super::diag::{ConfigError, Diagnostic, Source, did_you_mean, with_suggestion};
 use super::model::{
     AnswerSpec, Delivery, ForwardIp, OnSpoolFull, OnUndecodable, RouteSpec, RuleFile, SiteSpec,
     UpstreamSpec,
@@ -153,8 +153,7 @@ impl Compiler {
                 },
                 None => {
                     let known: Vec<&str> = self.upstream_index.keys().map(String::as_str).collect();
-                    let hint = suggest(&o.name, known.iter().copied())
-                        .map(|s| format!("; did you mean `{s}`?"))
+                    let hint = did_you_mean(&o.name, known.iter().copied())
                         .unwrap_or_else(|| format!(" (known: {})", sorted(&known)));
                     self.diags.push(flag(format!(
                         "--upstream {}: no upstream of that name in the rules{hint}",
@@ -371,8 +370,7 @@ impl Compiler {
             Some(&i) => i,
             None => {
                 let known: Vec<&str> = self.upstream_index.keys().map(String::as_str).collect();
-                let hint = suggest(r.upstream.get_ref(), known.iter().copied())
-                    .map(|s| format!("; did you mean `{s}`?"))
+                let hint = did_you_mean(r.upstream.get_ref(), known.iter().copied())
                     .unwrap_or_else(|| format!(" (defined: {})", sorted(&known)));
                 self.err(
                     t,
@@ -619,7 +617,8 @@ fn sorted(names: &[&str]) -> String {
     }
 }
 
-fn valid_name(n: &str) -> bool {
+/// A name of a route, upstream, rule set or id list: letters, digits, `-`, `_`, `.`.
+pub(super) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')

@@ -96,6 +96,14 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// `; did you mean `x`?` for the closest of `candidates`, to append to a message.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    suggest(word, candidates).map(|s| format!("; did you mean `{s}`?"))
+}
+
 /// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" and
 /// "unknown variant" messages, which is what a misspelt key or value produces.
 pub fn with_suggestion(message: &str) -> String {

@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::RuleText;
 use super::compile::Compiler;
-use super::diag::suggest;
+use super::diag::did_you_mean;
 use super::model::{RouteSpec, SiteSpec};
 use crate::rules::ids::IdCheck;
 
@@ -44,17 +44,15 @@ impl Compiler {
     /// Reads `[site.ids]`: list names like route names, ids non-empty.
     pub(super) fn site_ids(&mut self, t: &RuleText, s: &SiteSpec) {
         for (name, ids) in &s.ids {
-            let ok_name = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok_name {
+            if !super::compile::valid_name(name) {
                 // The key has no span of its own; point at its first id.
                 if let Some(first) = ids.first() {
                     self.err(
                         t,
                         first.span(),
-                        format!("[site.ids] list name {name:?}: use letters, digits, `-` and `_`"),
+                        format!(
+                            "[site.ids] list name {name:?}: use letters, digits, `-`, `_` and `.`"
+                        ),
                     );
                 }
                 continue;
@@ -141,8 +139,7 @@ impl Compiler {
         }
         for (l, ids) in &self.site_ids {
             if !ids.is_empty() && !self.id_lists_used.contains_key(l) {
-                let hint = suggest(l, self.id_lists_used.keys().map(String::as_str))
-                    .map(|s| format!("; did you mean `{s}`?"))
+                let hint = did_you_mean(l, self.id_lists_used.keys().map(String::as_str))
                     .unwrap_or_default();
                 out.push(format!(
                     "[site.ids] {l}: no route names this list with id_list, so its ids check nothing{hint}"

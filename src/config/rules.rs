@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::RuleText;
 use super::compile::Compiler;
-use super::diag::{line_col, suggest};
+use super::diag::{did_you_mean, line_col};
 use super::model::{CondSpec, RouteSpec, RuleSpec, SiteSpec};
 use crate::decode::Codec;
 use crate::rules::action::{Action, HashAlg, HmacKey, Piece, Replace, StripUrl, kinds_from};
@@ -145,8 +145,7 @@ impl Compiler {
             match sets.get(name.get_ref()) {
                 Some(rs) => rules.extend(rs.iter().cloned()),
                 None => {
-                    let hint = suggest(name.get_ref(), sets.keys().map(String::as_str))
-                        .map(|s| format!("; did you mean `{s}`?"))
+                    let hint = did_you_mean(name.get_ref(), sets.keys().map(String::as_str))
                         .unwrap_or_default();
                     self.err(
                         t,
@@ -566,9 +565,7 @@ impl Compiler {
                 match Purpose::from_name(name) {
                     Some(p) => ps.push(p),
                     None => {
-                        let hint = suggest(name, Purpose::NAMES)
-                            .map(|s| format!("; did you mean `{s}`?"))
-                            .unwrap_or_default();
+                        let hint = did_you_mean(name, Purpose::NAMES).unwrap_or_default();
                         self.err(
                             t,
                             l.span(),

@@ -242,18 +242,18 @@ pub struct EventView<'v, 'a> {
     pub layers: &'v [(&'v Value<'a>, bool)],
 }
 
-impl EventView<'_, '_> {
+impl<'v> EventView<'v, '_> {
     fn exists(&self, sel: &Selector) -> bool {
         self.layers
             .iter()
             .any(|(v, flat)| walk::first(v, *flat, sel).is_some())
     }
 
-    fn read(&self, sel: &Selector) -> Option<String> {
+    fn read(&self, sel: &Selector) -> Option<&'v str> {
         self.layers
             .iter()
             .find_map(|(v, flat)| walk::first(v, *flat, sel))
-            .and_then(|v| v.as_str().map(str::to_string))
+            .and_then(Value::as_str)
     }
 }
 
@@ -273,9 +273,11 @@ pub fn holds(
             // Any value counts, objects and arrays too (`$set`, `items`).
             _ => ev.exists(sel),
         },
-        Cond::Equals(sel, want) => field(ctx, ev, sel).is_some_and(|v| v == *want),
-        Cond::Matches(sel, re) => field(ctx, ev, sel).is_some_and(|v| re.is_match(&v)),
-        Cond::Event(names) => ev.read(event_field).is_some_and(|n| names.contains(&n)),
+        Cond::Equals(sel, want) => field(ctx, ev, sel).is_some_and(|v| v == want),
+        Cond::Matches(sel, re) => field(ctx, ev, sel).is_some_and(|v| re.is_match(v)),
+        Cond::Event(names) => ev
+            .read(event_field)
+            .is_some_and(|n| names.iter().any(|x| x == n)),
         Cond::Gpc(want) => ctx.gpc() == *want,
         Cond::ConsentDenied(ps) => ps.iter().any(|p| ctx.consent(doc, *p) == Signal::Denied),
         Cond::ConsentGranted(ps) => ps.iter().all(|p| ctx.consent(doc, *p) == Signal::Granted),
@@ -287,11 +289,12 @@ pub fn holds(
     }
 }
 
-fn field(ctx: &Ctx<'_>, ev: &EventView<'_, '_>, sel: &Selector) -> Option<String> {
+/// A field's text, borrowed from the request (no copy per condition).
+fn field<'c>(ctx: &'c Ctx<'_>, ev: &EventView<'c, '_>, sel: &Selector) -> Option<&'c str> {
     use super::select::Scope;
     match &sel.scope {
-        Scope::Header(h) => ctx.header(h).map(str::to_string),
-        Scope::Cookie(c) => ctx.cookie(c).map(str::to_string),
+        Scope::Header(h) => ctx.header(h),
+        Scope::Cookie(c) => ctx.cookie(c),
         _ => ev.read(sel),
     }
 }

@@ -305,7 +305,7 @@ impl Program {
         for (i, p) in doc.parts.iter().enumerate() {
             match (&self.events, p.flat) {
                 (Some(ev), false) => {
-                    for path in walk::paths(&p.root, &ev.steps) {
+                    for path in walk::event_paths(&p.root, &ev.steps) {
                         out.push(Target { part: i, path });
                     }
                 }

@@ -38,7 +38,7 @@ pub fn run(
         };
         match events {
             Some(ev) if !part.flat => {
-                for path in walk::paths(&part.root, &ev.steps) {
+                for path in walk::event_paths(&part.root, &ev.steps) {
                     walk::at_mut(&mut part.root, &path, &mut |v| {
                         exempt(v, false);
                         false

@@ -513,12 +513,11 @@ fn find_mut<'v, 'a>(v: &'v mut Value<'a>, steps: &[Step]) -> Option<&'v mut Valu
     }
 }
 
-/// Index paths (object entry / array item positions) of every value `steps` match.
-/// The index paths of the events `steps` (a route's `events`) finds in a JSON body. When the
+/// The index paths (object entry / array item positions) of the events `steps` (a route's `events`) finds in a JSON body. When the
 /// body has no array where `steps` ends, its own shape decides: an array's items, or the one
 /// object, are the events. PostHog sends `{batch:[…]}`, `[…]` and a single event to the same
 /// endpoint; an empty `batch` array stays without events.
-pub fn paths(root: &Value<'_>, steps: &[Step]) -> Vec<Vec<usize>> {
+pub fn event_paths(root: &Value<'_>, steps: &[Step]) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     collect_paths(root, steps, &mut cur, &mut out);

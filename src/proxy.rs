@@ -297,7 +297,7 @@ fn is_port(p: &str) -> bool {
 /// Upstream path and query: the route's path (plus the rest of a prefix match) and the
 /// query. Every piece is already a valid request target (the route's path is checked at load,
 /// the rest comes from the parsed request, queries from the parser or the encoder).
-fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> String {
+pub(crate) fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> String {
     let mut s = String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     s.push_str(base);
     s.push_str(rest);

@@ -36,11 +36,13 @@ pub async fn serve(
     cors: Option<&HeaderValue>,
 ) -> Result<Response<ResBody>, Reject> {
     let host = first_party_host(req)?;
-    let mut target = format!("{}{}", route.upstream_path, &req.uri.path()[rest_from..]);
-    if let Some(q) = req.uri.query() {
-        target.push('?');
-        target.push_str(q);
-    }
+    // Only the route's allowed query parameters reach the vendor and the cache key.
+    let query = policy.query(req.uri.query());
+    let target = crate::proxy::upstream_target(
+        &route.upstream_path,
+        &req.uri.path()[rest_from..],
+        query.as_deref(),
+    );
     let key = format!("{} {target}", policy.fingerprint);
     let fetch = |flight: Flight| {
         Fetch {

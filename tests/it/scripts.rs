@@ -26,7 +26,7 @@ methods = ["GET"]
 upstream = "v"
 codec = "opaque"
 scan = false
-script = {{ rewrite = {{ "www.google-analytics.com" = "{{host}}", "www.googletagmanager.com" = "{{host}}", "connect.facebook.net/en_US/fbevents.js" = "{{host}}/fb/events.js" }}{extra} }}
+script = {{ query = ["id", "l"], rewrite = {{ "www.google-analytics.com" = "{{host}}", "www.googletagmanager.com" = "{{host}}", "connect.facebook.net/en_US/fbevents.js" = "{{host}}/fb/events.js" }}{extra} }}
 "#
     ))
 }
@@ -560,7 +560,7 @@ scan = false
 id_field = "id"
 id_list = "ga4"
 answer = { status = 404 }
-script = { rewrite = { "www.google-analytics.com" = "{host}" } }
+script = { query = ["id"], rewrite = { "www.google-analytics.com" = "{host}" } }
 "#;
     let gw = Gw::start(GwOptions::new(text).upstream("v", mock.url())).await;
     let r = fetch(&gw, "/gtag/js?id=G-THEIRS", &[]).await;
@@ -573,4 +573,47 @@ script = { rewrite = { "www.google-analytics.com" = "{host}" } }
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("https://localhost/g/collect"));
     assert_eq!(mock.seen().len(), 1);
+}
+
+/// Only the route's `query` parameters reach the vendor and the cache key: a cache buster is
+/// dropped, so it neither costs a fetch nor makes a new entry.
+#[tokio::test]
+async fn unlisted_query_parameters_never_reach_the_vendor_nor_the_cache_key() {
+    let mock = Mock::plain_with(|_| js(SCRIPT)).await;
+    let gw = Gw::start(GwOptions::new(&script_rules("")).upstream("v", mock.url())).await;
+
+    let r = fetch(&gw, "/gtag/js?x=1&l=dl&id=G-1&id=G-9", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("tagway-cache"), Some("miss"));
+    assert_eq!(mock.seen()[0].uri.to_string(), "/gtag/js?id=G-1&l=dl");
+    let bytes = gw.gw.scripts.bytes();
+
+    for buster in ["x=2", "cb=123456", "id=G-1&l=dl&_=9", "gtm_auth=z"] {
+        let r = fetch(&gw, &format!("/gtag/js?id=G-1&{buster}&l=dl"), &[]).await;
+        assert_eq!(r.header("tagway-cache"), Some("hit"), "{buster}");
+    }
+    let escaped = fetch(&gw, "/gtag/js?l=dl&id=G%2D1", &[]).await;
+    assert_eq!(escaped.header("tagway-cache"), Some("hit"));
+    assert_eq!(mock.count(), 1);
+    assert_eq!(gw.gw.scripts.bytes(), bytes, "no new cache entry");
+
+    // A route that lists no parameters sends none.
+    let text = rules(
+        r#"
+[[route]]
+name = "plain"
+path = "/lib.js"
+methods = ["GET"]
+upstream = "v"
+codec = "opaque"
+scan = false
+script = { }
+"#,
+    );
+    let gw = Gw::start(GwOptions::new(&text).upstream("v", mock.url())).await;
+    fetch(&gw, "/lib.js?v=1", &[]).await;
+    let r = fetch(&gw, "/lib.js?v=2", &[]).await;
+    assert_eq!(r.header("tagway-cache"), Some("hit"));
+    assert_eq!(mock.seen()[1].uri.to_string(), "/lib.js");
+    assert_eq!(mock.count(), 2);
 }

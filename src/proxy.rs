@@ -135,17 +135,12 @@ async fn relay(
     let (parts, body) = req.into_parts();
     if let Some(policy) = &route.script {
         // The loader of another site's id (gtag/js?id=…) is not served: only the id check of
-        // the route's program runs (a script route has no rules).
-        if route.program.ids.is_some() {
-            let query = parts.uri.query().unwrap_or("");
-            let ip = conn.peer.ip();
-            if let Ok(Processed::ForeignId(_)) =
-                transform::process(rules, route, query, &parts.headers, b"", ip, None)
-            {
-                gw.metrics.dropped_foreign_id.fetch_add(1, Relaxed);
-                tracing::debug!(route = %route.name, "not served: not one of the site's ids");
-                return Ok(respond::answer(&route.answer, cors));
-            }
+        // the route's program runs, on the query (a script route has no body and no rules);
+        // anything but a pass, a query that cannot be read included, means not served.
+        if let Err(why) = transform::check_query_id(route, parts.uri.query().unwrap_or("")) {
+            gw.metrics.dropped_foreign_id.fetch_add(1, Relaxed);
+            tracing::debug!(route = %route.name, %why, "not served: not one of the site's ids");
+            return Ok(respond::answer(&route.answer, cors));
         }
         // A GET: answered from the script cache; any body is not read.
         let serve =

@@ -561,14 +561,30 @@ id_field = "id"
 id_list = "ga4"
 answer = { status = 404 }
 script = { query = ["id"], rewrite = { "www.google-analytics.com" = "{host}" } }
+
+[[route]]
+name = "gtm"
+path = "/gtm.js"
+methods = ["GET"]
+upstream = "v"
+codec = "form"
+scan = false
+id_field = "id"
+id_list = "ga4"
+answer = { status = 404 }
+script = { query = ["id"] }
 "#;
     let gw = Gw::start(GwOptions::new(text).upstream("v", mock.url())).await;
     let r = fetch(&gw, "/gtag/js?id=G-THEIRS", &[]).await;
     assert_eq!(r.status, 404);
     let r = fetch(&gw, "/gtag/js", &[]).await;
     assert_eq!(r.status, 404, "no id at all is not the site's either");
+    // A request the full transform could not read (an unknown Content-Encoding on a route
+    // that decodes bodies) is still only id-checked, and a foreign id is still not served.
+    let r = fetch(&gw, "/gtm.js?id=G-THEIRS", &[("content-encoding", "x")]).await;
+    assert_eq!(r.status, 404, "{}", r.text());
     assert!(mock.seen().is_empty());
-    assert_eq!(metric(&gw, "tagway_dropped_foreign_id_total"), 2);
+    assert_eq!(metric(&gw, "tagway_dropped_foreign_id_total"), 3);
     let r = fetch(&gw, "/gtag/js?id=G-OURS", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("https://localhost/g/collect"));

@@ -34,6 +34,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// TLS server name the client asked for, if any.
     pub sni: Option<Box<str>>,
+    /// The port the connection was accepted on (what a `Host` port may name on script routes).
+    pub local_port: Option<u16>,
     /// A body-read timer kept between the connection's requests: moving a registered timer
     /// forward is much cheaper than making a new one per request.
     body_timer: std::sync::Mutex<Option<Pin<Box<Sleep>>>>,
@@ -44,7 +46,16 @@ impl ConnInfo {
         ConnInfo {
             peer,
             sni,
+            local_port: None,
             body_timer: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The same, accepted on `port`.
+    pub fn on_port(self, port: Option<u16>) -> Self {
+        ConnInfo {
+            local_port: port,
+            ..self
         }
     }
 }
@@ -132,8 +143,10 @@ async fn relay(
         Lookup::MethodNotAllowed(r) => return Err(Reject::MethodNotAllowed(r.allow.clone())),
         Lookup::NotFound => return Err(Reject::NotFound),
     };
+    // The checked host outlives `req` on script routes only (the script is rewritten to it).
+    let script_host = route.script.as_ref().map(|_| host.to_string());
     let (parts, body) = req.into_parts();
-    if let Some(policy) = &route.script {
+    if let (Some(policy), Some(host)) = (&route.script, script_host.as_deref()) {
         // The loader of another site's id (gtag/js?id=…) is not served: only the id check of
         // the route's program runs, on the query (a script route has no body and no rules);
         // anything but a pass, a query that cannot be read included, means not served.
@@ -143,8 +156,10 @@ async fn relay(
             return Ok(respond::answer(&route.answer, cors));
         }
         // A GET: answered from the script cache; any body is not read.
-        let serve =
-            crate::scripts::serve::serve(gw, client, rules, route, policy, &parts, rest_from, cors);
+        let at = (host, conn.local_port);
+        let serve = crate::scripts::serve::serve(
+            gw, client, rules, route, policy, &parts, at, rest_from, cors,
+        );
         return serve.await;
     }
     let mut body = read_body(

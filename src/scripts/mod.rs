@@ -42,7 +42,8 @@ pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
 #[serde(deny_unknown_fields)]
 pub struct ScriptSpec {
     /// Literal text in the vendor's script → its replacement; `{host}` in a replacement is the
-    /// first-party host the browser asked (with its port, if not the default).
+    /// first-party host the browser asked (with its port only if it is the listener's and
+    /// not the default).
     #[serde(default)]
     pub rewrite: BTreeMap<String, String>,
     /// The query parameters passed to the vendor (and part of the cache key), in this order;

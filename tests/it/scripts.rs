@@ -87,17 +87,19 @@ async fn scripts_are_rewritten_cached_and_answered_304_on_revalidation() {
     let mock = Mock::plain_with(|_| js(SCRIPT)).await;
     let gw = Gw::start(GwOptions::new(&script_rules("")).upstream("v", mock.url())).await;
 
-    let host = [("host", "metrics.shop.example:8443")];
+    // The port the browser names is kept only when it is the listener's.
+    let named = format!("metrics.shop.example:{}", gw.http.port());
+    let host = [("host", named.as_str())];
     let r = fetch(&gw, "/gtag/js?id=G-1&l=dataLayer", &host).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("tagway-cache"), Some("miss"));
     let body = r.text();
     assert!(
-        body.contains("'https://metrics.shop.example:8443/g/collect'"),
+        body.contains(&format!("'https://{named}/g/collect'")),
         "{body}"
     );
-    assert!(body.contains("'https://metrics.shop.example:8443/gtag/js?id='"));
-    assert!(body.contains("'https://metrics.shop.example:8443/fb/events.js'"));
+    assert!(body.contains(&format!("'https://{named}/gtag/js?id='")));
+    assert!(body.contains(&format!("'https://{named}/fb/events.js'")));
     assert!(!body.contains("google-analytics.com") && !body.contains("facebook.net"));
     assert_eq!(
         r.header("content-type"),
@@ -509,8 +511,9 @@ async fn scripts_over_h2_and_head_requests() {
         tls: None,
         h2: true,
     };
+    let named = format!("metrics.shop.example:{}", gw.http.port());
     let get = Request::builder()
-        .uri("http://metrics.shop.example:8080/gtag/js?id=G-1")
+        .uri(format!("http://{named}/gtag/js?id=G-1"))
         .header("accept-encoding", "br")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -518,12 +521,12 @@ async fn scripts_over_h2_and_head_requests() {
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);
     assert_eq!(r.header("content-encoding"), Some("br"));
-    assert!(unbrotli(&r.body).contains("'https://metrics.shop.example:8080/g/collect'"));
+    assert!(unbrotli(&r.body).contains(&format!("'https://{named}/g/collect'")));
 
     let head = Request::builder()
         .method("HEAD")
         .uri("/gtag/js?id=G-1")
-        .header("host", "metrics.shop.example:8080")
+        .header("host", named.as_str())
         .header("accept-encoding", "br")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -632,4 +635,28 @@ script = { }
     assert_eq!(r.header("tagway-cache"), Some("hit"));
     assert_eq!(mock.seen()[1].uri.to_string(), "/lib.js");
     assert_eq!(mock.count(), 2);
+}
+
+/// A port in `Host` other than the listener's is dropped: made-up ports all get the one
+/// variant of the bare host, never a new one each.
+#[tokio::test]
+async fn made_up_host_ports_share_one_variant() {
+    let mock = Mock::plain_with(|_| js(SCRIPT)).await;
+    let gw = Gw::start(GwOptions::new(&script_rules("")).upstream("v", mock.url())).await;
+    let first = fetch(&gw, "/gtag/js?id=G-1", &[("host", "localhost")]).await;
+    assert!(first.text().contains("'https://localhost/g/collect'"));
+    let etag = first.header("etag").unwrap().to_string();
+    let bytes = gw.gw.scripts.bytes();
+    for port in [1u16, 8080, 65535] {
+        let host = format!("localhost:{port}");
+        if port == gw.http.port() {
+            continue;
+        }
+        let r = fetch(&gw, "/gtag/js?id=G-1", &[("host", host.as_str())]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains("'https://localhost/g/collect'"), "{host}");
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "{host}");
+    }
+    assert_eq!(gw.gw.scripts.bytes(), bytes, "no variant per port");
+    assert_eq!(mock.count(), 1);
 }

@@ -66,6 +66,7 @@ pub async fn serve(
             (copy, "stale")
         }
         Plan::ErrorStale(c) => (c, "stale-error"),
+        Plan::Failed(reject) => return Err(reject),
         Plan::Fetch {
             wait,
             lead,

@@ -326,6 +326,23 @@ async fn a_vendor_that_is_down_is_replaced_by_the_cached_copy() {
     assert_eq!(r.status, 502);
     assert_eq!(r.header("tagway-error"), Some("upstream_failed"));
     assert_eq!(metric(&gw, "tagway_script_fetch_errors_total"), 2);
+    // …and within the back-off it is answered again without asking the vendor: a cold
+    // cache during an outage costs one upstream attempt per back-off, not one per request.
+    let before = mock.count();
+    for _ in 0..3 {
+        let r = fetch(&gw, "/gtag/js?id=G-other", &[]).await;
+        assert_eq!(r.status, 502);
+        assert_eq!(r.header("tagway-error"), Some("upstream_failed"));
+    }
+    assert_eq!(mock.count(), before);
+    assert_eq!(metric(&gw, "tagway_script_fetch_errors_total"), 2);
+    assert_eq!(
+        metric(
+            &gw,
+            "tagway_script_requests_total{cache=\"failed_recently\"}"
+        ),
+        3
+    );
 
     // The vendor hanging past the upstream timeout: the same stand-in.
     *reply.lock().unwrap() = js("var v='late';").delay(Duration::from_secs(5));

@@ -46,6 +46,8 @@ pub struct ScriptCounters {
     pub stale: AtomicU64,
     /// Served from a copy standing in for a vendor that failed.
     pub stale_on_error: AtomicU64,
+    /// Answered with the failure of a fetch moments ago, no copy to stand in (back-off).
+    pub failed_recently: AtomicU64,
     /// Background refreshes started.
     pub revalidations: AtomicU64,
     /// Fetches that failed (unreachable, timeout, 5xx, unreadable body).
@@ -179,6 +181,7 @@ impl Metrics {
             ("miss", &s.misses),
             ("stale", &s.stale),
             ("stale_on_error", &s.stale_on_error),
+            ("failed_recently", &s.failed_recently),
             ("vendor_answer", &s.vendor_answers),
         ] {
             let _ = writeln!(

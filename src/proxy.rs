@@ -34,6 +34,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// TLS server name the client asked for, if any.
     pub sni: Option<Box<str>>,
+    /// The port the connection was accepted on (what a `Host` port may name on script routes).
+    pub local_port: Option<u16>,
     /// A body-read timer kept between the connection's requests: moving a registered timer
     /// forward is much cheaper than making a new one per request.
     body_timer: std::sync::Mutex<Option<Pin<Box<Sleep>>>>,
@@ -44,7 +46,16 @@ impl ConnInfo {
         ConnInfo {
             peer,
             sni,
+            local_port: None,
             body_timer: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The same, accepted on `port`.
+    pub fn on_port(self, port: Option<u16>) -> Self {
+        ConnInfo {
+            local_port: port,
+            ..self
         }
     }
 }
@@ -132,24 +143,23 @@ async fn relay(
         Lookup::MethodNotAllowed(r) => return Err(Reject::MethodNotAllowed(r.allow.clone())),
         Lookup::NotFound => return Err(Reject::NotFound),
     };
+    // The checked host outlives `req` on script routes only (the script is rewritten to it).
+    let script_host = route.script.as_ref().map(|_| host.to_string());
     let (parts, body) = req.into_parts();
-    if let Some(policy) = &route.script {
+    if let (Some(policy), Some(host)) = (&route.script, script_host.as_deref()) {
         // The loader of another site's id (gtag/js?id=…) is not served: only the id check of
-        // the route's program runs (a script route has no rules).
-        if route.program.ids.is_some() {
-            let query = parts.uri.query().unwrap_or("");
-            let ip = conn.peer.ip();
-            if let Ok(Processed::ForeignId(_)) =
-                transform::process(rules, route, query, &parts.headers, b"", ip, None)
-            {
-                gw.metrics.dropped_foreign_id.fetch_add(1, Relaxed);
-                tracing::debug!(route = %route.name, "not served: not one of the site's ids");
-                return Ok(respond::answer(&route.answer, cors));
-            }
+        // the route's program runs, on the query (a script route has no body and no rules);
+        // anything but a pass, a query that cannot be read included, means not served.
+        if let Err(why) = transform::check_query_id(route, parts.uri.query().unwrap_or("")) {
+            gw.metrics.dropped_foreign_id.fetch_add(1, Relaxed);
+            tracing::debug!(route = %route.name, %why, "not served: not one of the site's ids");
+            return Ok(respond::answer(&route.answer, cors));
         }
         // A GET: answered from the script cache; any body is not read.
-        let serve =
-            crate::scripts::serve::serve(gw, client, rules, route, policy, &parts, rest_from, cors);
+        let at = (host, conn.local_port);
+        let serve = crate::scripts::serve::serve(
+            gw, client, rules, route, policy, &parts, at, rest_from, cors,
+        );
         return serve.await;
     }
     let mut body = read_body(
@@ -297,7 +307,7 @@ fn is_port(p: &str) -> bool {
 /// Upstream path and query: the route's path (plus the rest of a prefix match) and the
 /// query. Every piece is already a valid request target (the route's path is checked at load,
 /// the rest comes from the parsed request, queries from the parser or the encoder).
-fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> String {
+pub(crate) fn upstream_target(base: &str, rest: &str, query: Option<&str>) -> String {
     let mut s = String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     s.push_str(base);
     s.push_str(rest);

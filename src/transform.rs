@@ -27,6 +27,24 @@ pub enum Processed {
     ForeignId(String),
 }
 
+/// The route's id check alone, on a query string (a script route's loader URL, which has no
+/// body and no rules): `Ok` only when the check passes; why not otherwise, including a query
+/// that could not be read.
+pub fn check_query_id(route: &Route, query: &str) -> Result<(), String> {
+    let program = &route.program;
+    let Some(ids) = &program.ids else {
+        return Ok(());
+    };
+    let input = Input {
+        body: std::borrow::Cow::Borrowed(&[]),
+        wrap: None,
+    };
+    let mut doc =
+        decode::decode(query, &input, None, decode::Codec::Opaque).map_err(|e| e.to_string())?;
+    program.prepare(&mut doc).map_err(|e| e.to_string())?;
+    ids.check(&mut doc, &program.keys)
+}
+
 /// Sees the document at each step of [`process`] (for `explain` and the inspector).
 pub type Observer<'o> = &'o mut dyn FnMut(&str, &Doc<'_>);
 

@@ -55,8 +55,9 @@ pub(super) fn server_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
 
 pub(super) async fn accept_conn(ctx: &Ctx, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let state = Arc::new(ConnState::new());
+    let port = stream.local_addr().ok().map(|a| a.port());
     match ctx.tls.as_ref().filter(|_| tls) {
-        None => serve_conn(ctx, stream, ConnInfo::new(peer, None), state).await,
+        None => serve_conn(ctx, stream, ConnInfo::new(peer, None).on_port(port), state).await,
         Some(acceptor) => {
             let hs = tokio::select! {
                 r = tokio::time::timeout(ctx.gw.settings.header_timeout, acceptor.accept(stream)) => r,
@@ -65,7 +66,7 @@ pub(super) async fn accept_conn(ctx: &Ctx, stream: TcpStream, peer: SocketAddr, 
             match hs {
                 Ok(Ok(tls)) => {
                     let sni = tls.get_ref().1.server_name().map(Box::from);
-                    serve_conn(ctx, tls, ConnInfo::new(peer, sni), state).await
+                    serve_conn(ctx, tls, ConnInfo::new(peer, sni).on_port(port), state).await
                 }
                 Ok(Err(e)) => {
                     ctx.gw.metrics.tls_handshake_failures.fetch_add(1, Relaxed);

@@ -14,7 +14,8 @@
 //! it as a task on its own worker's runtime (with that worker's upstream client); every other
 //! request, on any worker, waits on the flight's `watch` channel. A failed fetch blocks new
 //! fetches for the slot for a short back-off, so an outage costs one upstream attempt per
-//! back-off, not one per page view.
+//! back-off, not one per page view. The failure is kept in the slot for the back-off even
+//! when there is no copy (a cold cache during an outage), and requests are answered with it.
 //!
 //! Size: the bytes of every copy and variant count against `max_bytes`; past it, the least
 //! recently used slots are emptied. Scripts larger than `max_script` are served but never
@@ -104,6 +105,9 @@ pub enum Plan {
     },
     /// A copy standing in for a vendor whose last fetch failed moments ago.
     ErrorStale(Arc<Copy>),
+    /// No usable copy, and the last fetch failed moments ago: that failure, without a new
+    /// fetch until the back-off passes.
+    Failed(Reject),
     /// No usable copy: wait for a fetch (`lead` set: the caller starts it). `fallback` is a
     /// copy still allowed to stand in if the fetch fails.
     Fetch {
@@ -153,6 +157,8 @@ struct Slot {
     variants: Vec<VariantSlot>,
     flight: Option<(u64, Waiter)>,
     retry_at: Option<Instant>,
+    /// Why the last fetch failed, kept until `retry_at` (answered when there is no copy).
+    failure: Option<Reject>,
     /// When the copy is past any use; slots no request asks for any more (a reload changed
     /// their route) are swept after this.
     drop_at: Option<Instant>,
@@ -213,6 +219,7 @@ impl ScriptCache {
         slot.used = tick;
         let backing_off = slot.retry_at.is_some_and(|t| now < t);
         let in_flight = slot.flight.as_ref().map(|(_, w)| w.clone());
+        let failure = slot.failure.clone().filter(|_| backing_off);
         let copy = slot.copy.clone();
         let mut fallback = None;
         if let Some(c) = copy {
@@ -242,6 +249,10 @@ impl ScriptCache {
                 inner.bytes = inner.bytes.saturating_sub(freed);
                 m.scripts.bytes.store(inner.bytes, Relaxed);
             }
+        }
+        if let (None, Some(reject)) = (&in_flight, failure) {
+            m.scripts.failed_recently.fetch_add(1, Relaxed);
+            return Plan::Failed(reject);
         }
         m.scripts.misses.fetch_add(1, Relaxed);
         if let Some(wait) = in_flight {
@@ -445,6 +456,7 @@ impl Flight {
                         let freed = slot.bytes();
                         slot.variants.clear();
                         slot.retry_at = None;
+                        slot.failure = None;
                         if copy.cacheable {
                             slot.copy = Some(copy.clone());
                             *bytes += copy.body.len() as u64;
@@ -455,17 +467,24 @@ impl Flight {
                         }
                         *bytes = bytes.saturating_sub(freed);
                     }
-                    Err(FetchError::Failed(_)) => {
-                        slot.retry_at = Some(Instant::now() + RETRY_BACKOFF);
+                    Err(FetchError::Failed(reject)) => {
+                        let until = Instant::now() + RETRY_BACKOFF;
+                        slot.retry_at = Some(until);
+                        slot.failure = Some(reject.clone());
+                        if slot.copy.is_none() {
+                            // Kept for the back-off, then swept.
+                            slot.drop_at = Some(until);
+                        }
                     }
                     Err(FetchError::Answer { .. }) => {
+                        slot.failure = None;
                         let freed = slot.bytes();
                         slot.copy = None;
                         slot.variants.clear();
                         *bytes = bytes.saturating_sub(freed);
                     }
                 }
-                if slot.copy.is_none() && slot.flight.is_none() {
+                if slot.copy.is_none() && slot.flight.is_none() && slot.failure.is_none() {
                     slots.remove(&self.key);
                 }
             }

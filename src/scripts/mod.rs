@@ -3,7 +3,7 @@
 //! cache of the vendor's script (`gtag/js`, `gtm.js`, `fbevents.js`, …).
 //!
 //! The script is fetched from the vendor once per key (route, rewrite set, upstream path and
-//! query), decompressed, and kept ([`fetch`]); for each first-party host that asks for it, the
+//! the route's allowed query parameters, nothing else of the browser's query), decompressed, and kept ([`fetch`]); for each first-party host that asks for it, the
 //! vendor host names in it are rewritten to that host ([`rewrite`]) and the result is stored
 //! with precomputed gzip and br encodings and a strong `ETag` ([`variant`]), and served by
 //! `Accept-Encoding` ([`serve`]). Freshness, stale-while-revalidate, stale-if-error, single-flight fetches shared
@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::decode::query::Spaces;
 use sha2::{Digest, Sha256};
 
 pub use cache::{CacheSettings, ScriptCache};
@@ -34,14 +36,20 @@ pub const DEFAULT_STALE: Duration = Duration::from_secs(24 * 3600);
 /// shorter than `stale`).
 pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
 
-/// `script = { rewrite = { … }, ttl = "1h", stale = "1d", stale_if_error = "1d" }` on a route.
+/// `script = { query = ["id"], rewrite = { … }, ttl = "1h", stale = "1d", stale_if_error = "1d" }`
+/// on a route.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptSpec {
     /// Literal text in the vendor's script → its replacement; `{host}` in a replacement is the
-    /// first-party host the browser asked (with its port, if not the default).
+    /// first-party host the browser asked (with its port only if it is the listener's and
+    /// not the default).
     #[serde(default)]
     pub rewrite: BTreeMap<String, String>,
+    /// The query parameters passed to the vendor (and part of the cache key), in this order;
+    /// every other parameter the browser sends is left out. Default: none.
+    #[serde(default)]
+    pub query: Vec<String>,
     /// How long a fetched copy is fresh (served without asking the vendor). Default 1h.
     pub ttl: Option<String>,
     /// After `ttl`, how long the copy is still served while one background fetch refreshes
@@ -56,6 +64,8 @@ pub struct ScriptSpec {
 #[derive(Debug)]
 pub struct ScriptPolicy {
     pub rewriter: Rewriter,
+    /// The allowed query parameters, in the order they are sent (see [`ScriptPolicy::query`]).
+    pub query: Vec<String>,
     pub ttl: Duration,
     pub stale: Duration,
     pub stale_if_error: Duration,
@@ -68,6 +78,31 @@ impl ScriptPolicy {
     /// The longest a copy is kept after it was fetched.
     pub fn lifetime(&self) -> Duration {
         self.ttl + self.stale.max(self.stale_if_error)
+    }
+
+    /// The query sent to the vendor for the browser's `raw` query: the first value of each
+    /// allowed parameter, in the order the option lists them, re-escaped, so a parameter
+    /// the browser adds (a cache buster) neither reaches the vendor nor makes a new cache
+    /// entry, and `id=G%2D1` and `id=G-1` are one script. `None` when none is present.
+    pub fn query(&self, raw: Option<&str>) -> Option<String> {
+        let raw = raw.filter(|q| !q.is_empty() && !self.query.is_empty())?;
+        let (obj, _) = crate::decode::query::decode(raw);
+        let mut out = String::new();
+        for name in &self.query {
+            let Some(e) = obj.entries.iter().find(|e| e.key == name.as_str()) else {
+                continue;
+            };
+            if !out.is_empty() {
+                out.push('&');
+            }
+            crate::decode::query::escape_into(&mut out, name, Spaces::Percent);
+            if !e.bare {
+                out.push('=');
+                let v = e.value.as_str().unwrap_or("");
+                crate::decode::query::escape_into(&mut out, v, Spaces::Percent);
+            }
+        }
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -129,6 +164,18 @@ pub fn compile(spec: &ScriptSpec, route: &RouteFacts<'_>) -> Result<ScriptPolicy
             humantime::format_duration(stale)
         ));
     }
+    let mut query: Vec<String> = Vec::new();
+    for name in &spec.query {
+        if name.is_empty() {
+            errs.push("script: query lists an empty parameter name; remove it".into());
+        } else if query.contains(name) {
+            errs.push(format!(
+                "script: query lists {name:?} twice; list each parameter once"
+            ));
+        } else {
+            query.push(name.clone());
+        }
+    }
     let rewriter = Rewriter::compile(&spec.rewrite).unwrap_or_else(|e| {
         errs.extend(e);
         Rewriter::default()
@@ -151,6 +198,7 @@ pub fn compile(spec: &ScriptSpec, route: &RouteFacts<'_>) -> Result<ScriptPolicy
     let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     Ok(ScriptPolicy {
         rewriter,
+        query,
         ttl,
         stale,
         stale_if_error,
@@ -200,11 +248,27 @@ mod tests {
     }
 
     #[test]
+    fn only_allowed_query_parameters_in_a_fixed_order() {
+        let mut s = spec(&[]);
+        s.query = vec!["id".into(), "l".into()];
+        let p = compile(&s, &facts()).unwrap();
+        let q = |raw: &str| p.query(Some(raw));
+        assert_eq!(q("l=dl&x=1&id=G-1&id=G-2").as_deref(), Some("id=G-1&l=dl"));
+        assert_eq!(q("id=G%2D1&cb=123").as_deref(), Some("id=G-1"));
+        assert_eq!(q("id=a%20b%26c").as_deref(), Some("id=a%20b%26c"));
+        assert_eq!(q("x=1&y=2"), None);
+        assert_eq!(p.query(None), None);
+        let none = compile(&spec(&[]), &facts()).unwrap();
+        assert_eq!(none.query(Some("id=G-1")), None, "default: no parameters");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let mut s = spec(&[("", "x"), ("b", "{hots}")]);
         s.ttl = Some("soon".into());
         s.stale = Some("2d".into());
         s.stale_if_error = Some("1h".into());
+        s.query = vec!["id".into(), "".into(), "id".into()];
         let f = RouteFacts {
             get_only: false,
             has_rules: true,
@@ -220,6 +284,8 @@ mod tests {
             "stale_if_error (1h) is shorter than stale (2days)",
             "empty",
             "{hots}",
+            "empty parameter name",
+            "\"id\" twice",
         ] {
             assert!(errs.contains(want), "{want:?} not in:\n{errs}");
         }

@@ -32,15 +32,18 @@ pub async fn serve(
     route: &Route,
     policy: &Arc<ScriptPolicy>,
     req: &http::request::Parts,
+    (host, listener_port): (&str, Option<u16>),
     rest_from: usize,
     cors: Option<&HeaderValue>,
 ) -> Result<Response<ResBody>, Reject> {
-    let host = first_party_host(req)?;
-    let mut target = format!("{}{}", route.upstream_path, &req.uri.path()[rest_from..]);
-    if let Some(q) = req.uri.query() {
-        target.push('?');
-        target.push_str(q);
-    }
+    let host = first_party_host(host, req, listener_port)?;
+    // Only the route's allowed query parameters reach the vendor and the cache key.
+    let query = policy.query(req.uri.query());
+    let target = crate::proxy::upstream_target(
+        &route.upstream_path,
+        &req.uri.path()[rest_from..],
+        query.as_deref(),
+    );
     let key = format!("{} {target}", policy.fingerprint);
     let fetch = |flight: Flight| {
         Fetch {
@@ -63,6 +66,7 @@ pub async fn serve(
             (copy, "stale")
         }
         Plan::ErrorStale(c) => (c, "stale-error"),
+        Plan::Failed(reject) => return Err(reject),
         Plan::Fetch {
             wait,
             lead,
@@ -110,33 +114,46 @@ fn interrupted() -> FetchError {
     ))
 }
 
-/// `Host` (or `:authority`) as the browser sent it, lower-cased, without a default port: what
-/// `{host}` stands for. The proxy has already checked that it is one of the site's hosts.
-fn first_party_host(req: &http::request::Parts) -> Result<String, Reject> {
-    let raw = match req.uri.authority() {
-        Some(a) => a.as_str(),
+/// What `{host}` stands for: `host`, the host name the proxy already checked is one of the
+/// site's (without port), lower-cased, with the port the browser named only when it is the
+/// port the connection came in on and not 80 or 443. Every other port is dropped, so made-up
+/// `Host` ports cannot each build and cache a variant.
+fn first_party_host(
+    host: &str,
+    req: &http::request::Parts,
+    listener_port: Option<u16>,
+) -> Result<String, Reject> {
+    if host.is_empty() {
+        return Err(Reject::BadRequest(
+            "a Host header is required on script routes: the script is rewritten to the host it is served from",
+        ));
+    }
+    let lower = host.to_ascii_lowercase();
+    // This text goes into a script: only host-name characters, or an IPv6 address.
+    if !lower
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+    {
+        return Err(Reject::BadRequest("the Host header is not valid"));
+    }
+    let name = if lower.contains(':') {
+        format!("[{lower}]")
+    } else {
+        lower
+    };
+    let asked = match req.uri.authority() {
+        Some(a) => a.port_u16(),
         None => req
             .headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
-            .ok_or(Reject::BadRequest(
-                "a Host header is required on script routes: the script is rewritten to the host it is served from",
-            ))?,
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .and_then(|a| a.port_u16()),
     };
-    let lower = raw.to_ascii_lowercase();
-    let host = lower
-        .strip_suffix(":443")
-        .or_else(|| lower.strip_suffix(":80"))
-        .unwrap_or(&lower);
-    // This text goes into a script: only host-name characters, a port, IPv6 brackets.
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-    {
-        return Err(Reject::BadRequest("the Host header is not valid"));
-    }
-    Ok(host.to_string())
+    Ok(match asked {
+        Some(p) if p != 80 && p != 443 && Some(p) == listener_port => format!("{name}:{p}"),
+        _ => name,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +312,31 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(s).unwrap());
         h
+    }
+
+    fn parts(host: &str) -> http::request::Parts {
+        let req = http::Request::builder()
+            .uri("/gtag/js")
+            .header(header::HOST, host)
+            .body(())
+            .unwrap();
+        req.into_parts().0
+    }
+
+    #[test]
+    fn only_the_listeners_port_is_kept() {
+        let h = |name: &str, raw: &str| first_party_host(name, &parts(raw), Some(8443)).unwrap();
+        assert_eq!(
+            h("m.shop.example", "M.Shop.Example:8443"),
+            "m.shop.example:8443"
+        );
+        assert_eq!(h("m.shop.example", "m.shop.example:1234"), "m.shop.example");
+        assert_eq!(h("m.shop.example", "m.shop.example:443"), "m.shop.example");
+        assert_eq!(h("m.shop.example", "m.shop.example"), "m.shop.example");
+        assert_eq!(h("::1", "[::1]:8443"), "[::1]:8443");
+        assert_eq!(h("::1", "[::1]:9"), "[::1]");
+        assert!(first_party_host("a\"b", &parts("x"), None).is_err());
+        assert!(first_party_host("", &parts("x"), None).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! entity tag. Built once per cached copy and host, on the blocking pool: the rewrite, gzip
 //! (level 9) and br at quality 9 take tens of milliseconds on a 400 KB script, which the
 //! first request for it waits for; br is then redone at quality 11 (about a second, ~8 %
-//! smaller) in the background and replaces the first encoding in the cache.
+//! smaller) in the background, one at a time, and replaces the first encoding in the cache.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use crate::respond::Reject;
 const BR_FIRST: i32 = 9;
 /// br quality of the encoding made afterwards in the background.
 const BR_FINAL: i32 = 11;
+
+/// Background br recompressions run at once (process-wide); the others wait their turn.
+static FINAL_BR_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// The script rewritten for one host, with its encodings and entity tag.
 #[derive(Debug)]
@@ -81,11 +84,19 @@ pub async fn get(
             host.to_string(),
             v.clone(),
         );
-        tokio::task::spawn_blocking(move || {
-            if let Some(better) = finer_br(&first) {
-                gw.scripts
-                    .replace_variant(&key, &copy, &host, Arc::new(better), &gw.metrics);
-            }
+        // One br-11 at a time, gateway-wide: each takes about a second of a core, and a burst
+        // of new variants must not take every blocking thread at once.
+        tokio::spawn(async move {
+            let Ok(_permit) = FINAL_BR_SLOTS.acquire().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(better) = finer_br(&first) {
+                    gw.scripts
+                        .replace_variant(&key, &copy, &host, Arc::new(better), &gw.metrics);
+                }
+            })
+            .await;
         });
     }
     Ok(v)

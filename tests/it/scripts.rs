@@ -26,7 +26,7 @@ methods = ["GET"]
 upstream = "v"
 codec = "opaque"
 scan = false
-script = {{ rewrite = {{ "www.google-analytics.com" = "{{host}}", "www.googletagmanager.com" = "{{host}}", "connect.facebook.net/en_US/fbevents.js" = "{{host}}/fb/events.js" }}{extra} }}
+script = {{ query = ["id", "l"], rewrite = {{ "www.google-analytics.com" = "{{host}}", "www.googletagmanager.com" = "{{host}}", "connect.facebook.net/en_US/fbevents.js" = "{{host}}/fb/events.js" }}{extra} }}
 "#
     ))
 }
@@ -87,17 +87,19 @@ async fn scripts_are_rewritten_cached_and_answered_304_on_revalidation() {
     let mock = Mock::plain_with(|_| js(SCRIPT)).await;
     let gw = Gw::start(GwOptions::new(&script_rules("")).upstream("v", mock.url())).await;
 
-    let host = [("host", "metrics.shop.example:8443")];
+    // The port the browser names is kept only when it is the listener's.
+    let named = format!("metrics.shop.example:{}", gw.http.port());
+    let host = [("host", named.as_str())];
     let r = fetch(&gw, "/gtag/js?id=G-1&l=dataLayer", &host).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("tagway-cache"), Some("miss"));
     let body = r.text();
     assert!(
-        body.contains("'https://metrics.shop.example:8443/g/collect'"),
+        body.contains(&format!("'https://{named}/g/collect'")),
         "{body}"
     );
-    assert!(body.contains("'https://metrics.shop.example:8443/gtag/js?id='"));
-    assert!(body.contains("'https://metrics.shop.example:8443/fb/events.js'"));
+    assert!(body.contains(&format!("'https://{named}/gtag/js?id='")));
+    assert!(body.contains(&format!("'https://{named}/fb/events.js'")));
     assert!(!body.contains("google-analytics.com") && !body.contains("facebook.net"));
     assert_eq!(
         r.header("content-type"),
@@ -324,6 +326,23 @@ async fn a_vendor_that_is_down_is_replaced_by_the_cached_copy() {
     assert_eq!(r.status, 502);
     assert_eq!(r.header("tagway-error"), Some("upstream_failed"));
     assert_eq!(metric(&gw, "tagway_script_fetch_errors_total"), 2);
+    // …and within the back-off it is answered again without asking the vendor: a cold
+    // cache during an outage costs one upstream attempt per back-off, not one per request.
+    let before = mock.count();
+    for _ in 0..3 {
+        let r = fetch(&gw, "/gtag/js?id=G-other", &[]).await;
+        assert_eq!(r.status, 502);
+        assert_eq!(r.header("tagway-error"), Some("upstream_failed"));
+    }
+    assert_eq!(mock.count(), before);
+    assert_eq!(metric(&gw, "tagway_script_fetch_errors_total"), 2);
+    assert_eq!(
+        metric(
+            &gw,
+            "tagway_script_requests_total{cache=\"failed_recently\"}"
+        ),
+        3
+    );
 
     // The vendor hanging past the upstream timeout: the same stand-in.
     *reply.lock().unwrap() = js("var v='late';").delay(Duration::from_secs(5));
@@ -509,8 +528,9 @@ async fn scripts_over_h2_and_head_requests() {
         tls: None,
         h2: true,
     };
+    let named = format!("metrics.shop.example:{}", gw.http.port());
     let get = Request::builder()
-        .uri("http://metrics.shop.example:8080/gtag/js?id=G-1")
+        .uri(format!("http://{named}/gtag/js?id=G-1"))
         .header("accept-encoding", "br")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -518,12 +538,12 @@ async fn scripts_over_h2_and_head_requests() {
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);
     assert_eq!(r.header("content-encoding"), Some("br"));
-    assert!(unbrotli(&r.body).contains("'https://metrics.shop.example:8080/g/collect'"));
+    assert!(unbrotli(&r.body).contains(&format!("'https://{named}/g/collect'")));
 
     let head = Request::builder()
         .method("HEAD")
         .uri("/gtag/js?id=G-1")
-        .header("host", "metrics.shop.example:8080")
+        .header("host", named.as_str())
         .header("accept-encoding", "br")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -560,17 +580,100 @@ scan = false
 id_field = "id"
 id_list = "ga4"
 answer = { status = 404 }
-script = { rewrite = { "www.google-analytics.com" = "{host}" } }
+script = { query = ["id"], rewrite = { "www.google-analytics.com" = "{host}" } }
+
+[[route]]
+name = "gtm"
+path = "/gtm.js"
+methods = ["GET"]
+upstream = "v"
+codec = "form"
+scan = false
+id_field = "id"
+id_list = "ga4"
+answer = { status = 404 }
+script = { query = ["id"] }
 "#;
     let gw = Gw::start(GwOptions::new(text).upstream("v", mock.url())).await;
     let r = fetch(&gw, "/gtag/js?id=G-THEIRS", &[]).await;
     assert_eq!(r.status, 404);
     let r = fetch(&gw, "/gtag/js", &[]).await;
     assert_eq!(r.status, 404, "no id at all is not the site's either");
+    // A request the full transform could not read (an unknown Content-Encoding on a route
+    // that decodes bodies) is still only id-checked, and a foreign id is still not served.
+    let r = fetch(&gw, "/gtm.js?id=G-THEIRS", &[("content-encoding", "x")]).await;
+    assert_eq!(r.status, 404, "{}", r.text());
     assert!(mock.seen().is_empty());
-    assert_eq!(metric(&gw, "tagway_dropped_foreign_id_total"), 2);
+    assert_eq!(metric(&gw, "tagway_dropped_foreign_id_total"), 3);
     let r = fetch(&gw, "/gtag/js?id=G-OURS", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("https://localhost/g/collect"));
     assert_eq!(mock.seen().len(), 1);
+}
+
+/// Only the route's `query` parameters reach the vendor and the cache key: a cache buster is
+/// dropped, so it neither costs a fetch nor makes a new entry.
+#[tokio::test]
+async fn unlisted_query_parameters_never_reach_the_vendor_nor_the_cache_key() {
+    let mock = Mock::plain_with(|_| js(SCRIPT)).await;
+    let gw = Gw::start(GwOptions::new(&script_rules("")).upstream("v", mock.url())).await;
+
+    let r = fetch(&gw, "/gtag/js?x=1&l=dl&id=G-1&id=G-9", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("tagway-cache"), Some("miss"));
+    assert_eq!(mock.seen()[0].uri.to_string(), "/gtag/js?id=G-1&l=dl");
+    let bytes = gw.gw.scripts.bytes();
+
+    for buster in ["x=2", "cb=123456", "id=G-1&l=dl&_=9", "gtm_auth=z"] {
+        let r = fetch(&gw, &format!("/gtag/js?id=G-1&{buster}&l=dl"), &[]).await;
+        assert_eq!(r.header("tagway-cache"), Some("hit"), "{buster}");
+    }
+    let escaped = fetch(&gw, "/gtag/js?l=dl&id=G%2D1", &[]).await;
+    assert_eq!(escaped.header("tagway-cache"), Some("hit"));
+    assert_eq!(mock.count(), 1);
+    assert_eq!(gw.gw.scripts.bytes(), bytes, "no new cache entry");
+
+    // A route that lists no parameters sends none.
+    let text = rules(
+        r#"
+[[route]]
+name = "plain"
+path = "/lib.js"
+methods = ["GET"]
+upstream = "v"
+codec = "opaque"
+scan = false
+script = { }
+"#,
+    );
+    let gw = Gw::start(GwOptions::new(&text).upstream("v", mock.url())).await;
+    fetch(&gw, "/lib.js?v=1", &[]).await;
+    let r = fetch(&gw, "/lib.js?v=2", &[]).await;
+    assert_eq!(r.header("tagway-cache"), Some("hit"));
+    assert_eq!(mock.seen()[1].uri.to_string(), "/lib.js");
+    assert_eq!(mock.count(), 2);
+}
+
+/// A port in `Host` other than the listener's is dropped: made-up ports all get the one
+/// variant of the bare host, never a new one each.
+#[tokio::test]
+async fn made_up_host_ports_share_one_variant() {
+    let mock = Mock::plain_with(|_| js(SCRIPT)).await;
+    let gw = Gw::start(GwOptions::new(&script_rules("")).upstream("v", mock.url())).await;
+    let first = fetch(&gw, "/gtag/js?id=G-1", &[("host", "localhost")]).await;
+    assert!(first.text().contains("'https://localhost/g/collect'"));
+    let etag = first.header("etag").unwrap().to_string();
+    let bytes = gw.gw.scripts.bytes();
+    for port in [1u16, 8080, 65535] {
+        let host = format!("localhost:{port}");
+        if port == gw.http.port() {
+            continue;
+        }
+        let r = fetch(&gw, "/gtag/js?id=G-1", &[("host", host.as_str())]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains("'https://localhost/g/collect'"), "{host}");
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "{host}");
+    }
+    assert_eq!(gw.gw.scripts.bytes(), bytes, "no variant per port");
+    assert_eq!(mock.count(), 1);
 }

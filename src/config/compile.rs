@@ -462,6 +462,13 @@ impl Compiler {
                 format!("route {name:?} is a script route, which serves the vendor's script: it cannot be queued (delivery = \"queue\" answers every browser with the fixed `answer`); remove `delivery`"),
             );
         }
+        if delivery == Delivery::Queue && max_body > crate::spool::record::MAX_PAYLOAD as u64 {
+            self.err(
+                t,
+                r.name.span(),
+                format!("route {name:?} is queued, and a spool record holds at most 64MiB: lower max_body or set delivery = \"relay\""),
+            );
+        }
         if delivery == Delivery::Queue && r.set_cookie {
             self.err(
                 t,

@@ -81,6 +81,8 @@ pub enum SpoolError {
     Stopped,
     #[error("this request cannot be spooled: {0}")]
     Record(#[from] record::DecodeError),
+    #[error("this request ({0} bytes) is larger than a spool record may be (64MiB)")]
+    TooLarge(usize),
 }
 
 impl SpoolError {
@@ -239,6 +241,10 @@ impl Spool {
     ) -> Result<(), SpoolError> {
         let at = now_ms();
         let frame = record::encode(at, route, upstream, out);
+        // Recovery refuses longer records as damage: never answer for one.
+        if frame.len() - record::HEADER > record::MAX_PAYLOAD {
+            return Err(SpoolError::TooLarge(frame.len()));
+        }
         let n = frame.len() as u64;
         let m = &self.shared.metrics;
         if m.bytes.fetch_add(n, Relaxed) + n > self.settings.max_bytes {

@@ -435,3 +435,20 @@ async fn a_script_route_cannot_be_queued() {
         .stop()
         .await;
 }
+
+/// A spool record holds at most 64 MiB (recovery treats longer ones as damage), so a queued
+/// route may not accept larger bodies.
+#[tokio::test]
+async fn a_queued_route_cannot_take_bodies_a_record_cannot_hold() {
+    let routes = "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"v\"\ndelivery = \"queue\"\nmax_body = \"100MiB\"\n";
+    let err = Gw::try_start(GwOptions::new(&rules(routes)))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("at most 64MiB"), "{err}");
+    let relayed = routes.replace("delivery = \"queue\"\n", "");
+    Gw::start(GwOptions::new(&rules(&relayed)))
+        .await
+        .stop()
+        .await;
+}

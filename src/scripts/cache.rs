@@ -254,7 +254,8 @@ impl ScriptCache {
             m.scripts.failed_recently.fetch_add(1, Relaxed);
             return Plan::Failed(reject);
         }
-        m.scripts.misses.fetch_add(1, Relaxed);
+        // A request that waits for a fetch is counted by `serve` once it knows how it was
+        // answered (miss, stale copy on error, or the vendor's own answer): once per request.
         if let Some(wait) = in_flight {
             return Plan::Fetch {
                 wait,

@@ -75,7 +75,14 @@ pub async fn serve(
             if let Some(f) = lead {
                 fetch(f);
             }
-            match outcome(wait).await {
+            let result = outcome(wait).await;
+            if !matches!(
+                (&result, &fallback),
+                (Err(FetchError::Failed(_)), Some(_)) | (Err(FetchError::Answer { .. }), _)
+            ) {
+                m.misses.fetch_add(1, Relaxed);
+            }
+            match result {
                 Ok(c) if c.cacheable => (c, "miss"),
                 Ok(c) => (c, "uncached"),
                 Err(FetchError::Failed(reject)) => match fallback {

@@ -343,6 +343,23 @@ async fn a_vendor_that_is_down_is_replaced_by_the_cached_copy() {
         ),
         3
     );
+    // Every request is counted once, under one label: 2 first fetches and the failed G-other
+    // fetch (miss), 2 copies standing in (stale_on_error), 3 refusals in the back-off.
+    let by = |how: &str| {
+        metric(
+            &gw,
+            &format!("tagway_script_requests_total{{cache=\"{how}\"}}"),
+        )
+    };
+    assert_eq!(
+        (
+            by("miss"),
+            by("stale_on_error"),
+            by("failed_recently"),
+            by("hit")
+        ),
+        (3, 2, 3, 0)
+    );
 
     // The vendor hanging past the upstream timeout: the same stand-in.
     *reply.lock().unwrap() = js("var v='late';").delay(Duration::from_secs(5));

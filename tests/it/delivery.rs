@@ -395,25 +395,27 @@ async fn a_record_whose_upstream_a_reload_removed_is_dead_lettered() {
     assert_eq!(line["upstream"], "gone");
 }
 
-#[tokio::test]
-async fn a_queued_route_cannot_promise_the_vendors_cookies() {
-    let routes = "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"v\"\nanswer = { status = 204 }\ndelivery = \"queue\"\nset_cookie = true\n";
+/// `routes` (with `delivery = "queue"`) is refused at load with a message containing every
+/// one of `says`; without the `delivery` line (relaying, the default) it loads.
+async fn queueing_is_refused(routes: &str, says: &[&str]) {
     let err = Gw::try_start(GwOptions::new(&rules(routes)))
         .await
         .err()
         .unwrap();
-    assert!(
-        err.contains("Set-Cookie can never reach the browser"),
-        "{err}"
-    );
-    let relay = routes.replace("delivery = \"queue\"", "delivery = \"relay\"");
-    Gw::start(GwOptions::new(&rules(&relay))).await.stop().await;
-    // An `answer` alone (for dropped requests) does not queue a route: relaying is the default.
-    let answer_only = routes.replace("delivery = \"queue\"\n", "");
-    Gw::start(GwOptions::new(&rules(&answer_only)))
+    assert!(says.iter().all(|s| err.contains(s)), "{err}");
+    let relayed = routes.replace("delivery = \"queue\"\n", "");
+    Gw::start(GwOptions::new(&rules(&relayed)))
         .await
         .stop()
         .await;
+}
+
+/// The vendor's Set-Cookie never reaches the browser of a queued route. An `answer` alone (for
+/// dropped requests) does not queue a route: relaying is the default.
+#[tokio::test]
+async fn a_queued_route_cannot_promise_the_vendors_cookies() {
+    let routes = "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"v\"\nanswer = { status = 204 }\ndelivery = \"queue\"\nset_cookie = true\n";
+    queueing_is_refused(routes, &["Set-Cookie can never reach the browser"]).await;
 }
 
 /// A script route serves the vendor's script: queueing it would answer every browser with the
@@ -421,19 +423,7 @@ async fn a_queued_route_cannot_promise_the_vendors_cookies() {
 #[tokio::test]
 async fn a_script_route_cannot_be_queued() {
     let routes = "[[route]]\nname = \"js\"\npath = \"/s.js\"\nmethods = [\"GET\"]\nupstream = \"v\"\ncodec = \"opaque\"\nscan = false\ndelivery = \"queue\"\nscript = { ttl = \"1h\" }\n";
-    let err = Gw::try_start(GwOptions::new(&rules(routes)))
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        err.contains("is a script route") && err.contains("cannot be queued"),
-        "{err}"
-    );
-    let relayed = routes.replace("delivery = \"queue\"\n", "");
-    Gw::start(GwOptions::new(&rules(&relayed)))
-        .await
-        .stop()
-        .await;
+    queueing_is_refused(routes, &["is a script route", "cannot be queued"]).await;
 }
 
 /// A spool record holds at most 64 MiB (recovery treats longer ones as damage), so a queued
@@ -441,14 +431,5 @@ async fn a_script_route_cannot_be_queued() {
 #[tokio::test]
 async fn a_queued_route_cannot_take_bodies_a_record_cannot_hold() {
     let routes = "[[route]]\nname = \"b\"\npath = \"/b\"\nupstream = \"v\"\ndelivery = \"queue\"\nmax_body = \"100MiB\"\n";
-    let err = Gw::try_start(GwOptions::new(&rules(routes)))
-        .await
-        .err()
-        .unwrap();
-    assert!(err.contains("at most 64MiB"), "{err}");
-    let relayed = routes.replace("delivery = \"queue\"\n", "");
-    Gw::start(GwOptions::new(&rules(&relayed)))
-        .await
-        .stop()
-        .await;
+    queueing_is_refused(routes, &["at most 64MiB"]).await;
 }

@@ -59,24 +59,25 @@ pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
         } else {
             (&s[start..eq], &s[eq + 1..i], false)
         };
+        // Pushed borrowed, then fixed up: building the entry from branch-dependent parts made
+        // the compiler stage it on the stack and copy it (a store-forwarding stall per field).
         entries.push(Entry {
-            key: if esc[0] {
-                unescape_flag(k, &mut false)
-            } else {
-                Cow::Borrowed(k)
-            },
+            key: Cow::Borrowed(k),
             raw_key: Some(k),
-            value: Value::Str(Str::decoded(
-                if esc[1] {
-                    unescape_flag(v, &mut plus)
-                } else {
-                    Cow::Borrowed(v)
-                },
-                v,
-            )),
+            value: Value::Str(Str::decoded(Cow::Borrowed(v), v)),
             bare,
             class: 0,
         });
+        if esc[0] | esc[1] {
+            if let Some(e) = entries.last_mut() {
+                if esc[0] {
+                    e.key = unescape_flag(k, &mut false);
+                }
+                if let (true, Value::Str(t)) = (esc[1], &mut e.value) {
+                    t.text = unescape_flag(v, &mut plus);
+                }
+            }
+        }
         if i >= b.len() {
             break;
         }
@@ -136,63 +137,94 @@ pub fn unescape(s: &str) -> Cow<'_, str> {
 }
 
 /// [`unescape`], also noting whether a `+` was seen.
+///
+/// Runs between escapes are copied whole (found with `memchr2`), so a long URL with a few
+/// escapes costs a few copies, not a branch per byte.
 fn unescape_flag<'s>(s: &'s str, plus: &mut bool) -> Cow<'s, str> {
     let b = s.as_bytes();
     let Some(first) = memchr::memchr2(b'%', b'+', b) else {
         return Cow::Borrowed(s);
     };
     let mut out = Vec::with_capacity(b.len());
+    out.extend_from_slice(&b[..first]);
     let mut i = first;
-    let mut copied = 0;
     while i < b.len() {
-        match b[i] {
-            b'+' => {
-                out.extend_from_slice(&b[copied..i]);
-                out.push(b' ');
-                *plus = true;
+        if b[i] == b'+' {
+            out.push(b' ');
+            *plus = true;
+            i += 1;
+        } else {
+            // `%`: two hex digits make a byte; anything else stays as written.
+            let (h, l) = match b.get(i + 1..i + 3) {
+                Some(&[h, l]) => (HEX_VAL[h as usize], HEX_VAL[l as usize]),
+                _ => (NOT_HEX, NOT_HEX),
+            };
+            if h != NOT_HEX && l != NOT_HEX {
+                out.push(h << 4 | l);
+                i += 3;
+            } else {
+                out.push(b'%');
                 i += 1;
-                copied = i;
             }
-            b'%' => {
-                if let (Some(h), Some(l)) = (
-                    b.get(i + 1).copied().and_then(hex),
-                    b.get(i + 2).copied().and_then(hex),
-                ) {
-                    out.extend_from_slice(&b[copied..i]);
-                    out.push(h << 4 | l);
-                    i += 3;
-                    copied = i;
-                } else {
-                    i += 1;
-                }
-            }
-            _ => i += 1,
         }
+        let next = next_escape(b, i);
+        out.extend_from_slice(&b[i..next]);
+        i = next;
     }
-    out.extend_from_slice(&b[copied..]);
     match String::from_utf8(out) {
         Ok(t) => Cow::Owned(t),
         Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
     }
 }
 
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// The index of the next `%` or `+` from `i` (or `b.len()`), eight bytes at a time (see
+/// [`next_special`]; escapes in URLs are a few bytes apart, too close for `memchr` to pay).
+#[inline]
+fn next_escape(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    while let Some(&chunk) = b.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
+        let x = u64::from_le_bytes(chunk);
+        let zero = |c: u8| {
+            let y = x ^ (ONES * c as u64);
+            y.wrapping_sub(ONES) & !y
+        };
+        match (zero(b'%') | zero(b'+')) & (ONES * 0x80) {
+            0 => i += 8,
+            hit => return i + (hit.trailing_zeros() / 8) as usize,
+        }
     }
+    while i < b.len() && !matches!(b[i], b'%' | b'+') {
+        i += 1;
+    }
+    i
 }
+
+const NOT_HEX: u8 = 0xFF;
+
+/// The value of each hexadecimal digit; [`NOT_HEX`] for other bytes.
+static HEX_VAL: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = match i as u8 {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        i += 1;
+    }
+    t
+};
 
 /// Appends `text` percent-encoded: RFC 3986 unreserved bytes as they are, spaces as `%20` or
 /// `+`, everything else as `%XX` (UTF-8 bytes).
 pub fn escape_into(out: &mut String, text: &str, spaces: Spaces) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let b = text.as_bytes();
+    out.reserve(b.len() + b.len() / 2);
     let mut run = 0;
     for (i, &c) in b.iter().enumerate() {
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+        if UNRESERVED[c as usize] {
             continue;
         }
         // A non-empty `run..i` holds unreserved ASCII only, so both ends are character
@@ -203,14 +235,45 @@ pub fn escape_into(out: &mut String, text: &str, spaces: Spaces) {
         if c == b' ' && spaces == Spaces::Plus {
             out.push('+');
         } else {
-            out.push('%');
-            out.push(HEX[(c >> 4) as usize] as char);
-            out.push(HEX[(c & 15) as usize] as char);
+            let at = 3 * c as usize;
+            out.push_str(&ESCAPES[at..at + 3]);
         }
         run = i + 1;
     }
     out.push_str(&text[run..]);
 }
+
+/// RFC 3986 unreserved bytes: ASCII letters and digits, `-`, `.`, `_`, `~`.
+static UNRESERVED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] =
+            matches!(i as u8, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~');
+        i += 1;
+    }
+    t
+};
+
+/// `%00%01…%FF`: the escape of byte `c` is `ESCAPES[3c..3c + 3]`.
+const ESCAPES: &str = {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    const BYTES: [u8; 768] = {
+        let mut t = [0u8; 768];
+        let mut c = 0;
+        while c < 256 {
+            t[3 * c] = b'%';
+            t[3 * c + 1] = HEX[c >> 4];
+            t[3 * c + 2] = HEX[c & 15];
+            c += 1;
+        }
+        t
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(s) => s,
+        Err(_) => panic!("escapes are ASCII"),
+    }
+};
 
 /// Encodes an object as `key=value&…`; `nested` encodes string fields that carry a document.
 ///

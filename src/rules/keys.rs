@@ -100,6 +100,19 @@ impl KeyIndex {
         MEMO.with_borrow_mut(|m| m.get_or(self.id, key.as_bytes(), || self.match_all(key)))
     }
 
+    /// Classifies every entry of a flat part that is not classified yet, with one look-up of
+    /// the per-thread memo for all of them.
+    pub fn classify_all(&self, entries: &mut [Entry<'_>]) {
+        if self.id == 0 {
+            return;
+        }
+        MEMO.with_borrow_mut(|m| {
+            for e in entries.iter_mut().filter(|e| e.class == 0) {
+                e.class = m.get_or(self.id, e.key.as_bytes(), || self.match_all(&e.key));
+            }
+        })
+    }
+
     /// [`KeyIndex::classify`] without the memo.
     fn match_all(&self, key: &str) -> u64 {
         let k = key.as_bytes();
@@ -137,27 +150,28 @@ impl KeyIndex {
     }
 }
 
-/// A direct-mapped cache of classified keys, one per worker thread: a fixed size (an attacker
+/// A two-way set-associative cache of classified keys, one per worker thread: a fixed size (an attacker
 /// sending random keys only evicts), no locks. Keys longer than [`MEMO_KEY`] bytes are not
-/// remembered.
+/// remembered. Keys are held as zero-padded words, so a look-up is a few word compares.
 struct Memo {
     slots: Box<[MemoSlot]>,
 }
 
 const MEMO_SLOTS: usize = 1024;
-const MEMO_KEY: usize = 30;
+const MEMO_WORDS: usize = 4;
+const MEMO_KEY: usize = MEMO_WORDS * 8;
 
 #[derive(Clone, Copy)]
 struct MemoSlot {
     index: u32,
-    len: u8,
-    key: [u8; MEMO_KEY],
+    len: u32,
+    key: [u64; MEMO_WORDS],
     class: u64,
 }
 
 thread_local! {
     static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo {
-        slots: vec![MemoSlot { index: 0, len: 0, key: [0; MEMO_KEY], class: 0 }; MEMO_SLOTS]
+        slots: vec![MemoSlot { index: 0, len: 0, key: [0; MEMO_WORDS], class: 0 }; MEMO_SLOTS]
             .into_boxed_slice(),
     });
 }
@@ -167,32 +181,54 @@ impl Memo {
         if key.len() > MEMO_KEY {
             return classify();
         }
-        let slot = &mut self.slots[hash(index, key) % MEMO_SLOTS];
-        if slot.index == index && slot.len as usize == key.len() && slot.key[..key.len()] == *key {
-            return slot.class;
+        let words = words(key);
+        // Two ways per set: the few dozen keys of a payload collide in pairs now and then, and
+        // a direct-mapped pair would evict each other on every request.
+        let set = hash(index, key.len(), &words) % (MEMO_SLOTS / 2) * 2;
+        let hit = |s: &MemoSlot| s.index == index && s.len as usize == key.len() && s.key == words;
+        for slot in &self.slots[set..set + 2] {
+            if hit(slot) {
+                return slot.class;
+            }
         }
         let class = classify();
-        slot.index = index;
-        slot.len = key.len() as u8;
-        slot.key[..key.len()].copy_from_slice(key);
-        slot.class = class;
+        self.slots[set + 1] = self.slots[set];
+        self.slots[set] = MemoSlot {
+            index,
+            len: key.len() as u32,
+            key: words,
+            class,
+        };
         class
     }
 }
 
-/// FxHash-style mixing of the index id and the key, 8 bytes at a time.
+/// `key` (at most [`MEMO_KEY`] bytes) as little-endian words, zero-padded.
 #[inline]
-fn hash(index: u32, key: &[u8]) -> usize {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-    let mut h = (index as u64).wrapping_mul(K) ^ key.len() as u64;
+fn words(key: &[u8]) -> [u64; MEMO_WORDS] {
+    let mut w = [0u64; MEMO_WORDS];
     let mut chunks = key.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    for (slot, c) in w.iter_mut().zip(&mut chunks) {
+        *slot = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    }
+    let mut tail = 0u64;
+    for (j, &c) in chunks.remainder().iter().enumerate() {
+        tail |= (c as u64) << (8 * j);
+    }
+    if let Some(slot) = w.get_mut(key.len() / 8) {
+        *slot = tail;
+    }
+    w
+}
+
+/// FxHash-style mixing of the index id, the length and the key's words.
+#[inline]
+fn hash(index: u32, len: usize, words: &[u64; MEMO_WORDS]) -> usize {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+    let mut h = (index as u64).wrapping_mul(K) ^ len as u64;
+    for &w in &words[..len.div_ceil(8).max(1)] {
         h = (h ^ w).wrapping_mul(K).rotate_left(26);
     }
-    let mut tail = [0u8; 8];
-    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
     (h >> 32) as usize
 }
 

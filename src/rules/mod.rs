@@ -154,8 +154,14 @@ impl Program {
         self.rules.is_empty() && self.scan.is_none() && self.ids.is_none()
     }
 
-    /// Decodes the route's nested fields in place.
+    /// Classifies the keys of flat parts ([`keys`]) and decodes the route's nested fields in
+    /// place.
     pub fn prepare(&self, doc: &mut Doc<'_>) -> Result<(), DecodeError> {
+        for part in doc.parts.iter_mut().filter(|p| p.flat) {
+            if let Value::Obj(o) = &mut part.root {
+                self.keys.classify_all(&mut o.entries);
+            }
+        }
         if self.nested.is_empty() {
             return Ok(());
         }

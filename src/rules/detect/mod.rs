@@ -576,6 +576,10 @@ fn plain_sep(b: &[u8], j: usize) -> Option<(usize, u8)> {
 /// 13 to 19 digits, contiguous or as a first group of 4 then groups of 3 to 6 with one
 /// consistent single separator (space or dash).
 fn card_at(b: &[u8], i: usize) -> Option<usize> {
+    // Every brand in [`BRANDS`] starts with 2 to 6: timestamps and ids starting with 1 stop here.
+    if !matches!(b[i], b'2'..=b'6') {
+        return None;
+    }
     let (mut num, mut n) = ([0u8; 19], 0);
     let mut take = |from: usize, len: usize| {
         for (k, c) in b[from..from + len].iter().enumerate() {

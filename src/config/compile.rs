@@ -451,6 +451,9 @@ impl Compiler {
                 }
             }
         });
+        if script.is_some() {
+            self.script_id_fields(t, r);
+        }
         let delivery = r
             .delivery
             .as_ref()

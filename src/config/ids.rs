@@ -121,6 +121,29 @@ impl Compiler {
         })
     }
 
+    /// A script route's `id_field` must be a query parameter its `script.query` sends to the
+    /// vendor: the check passes on the browser's id, and without the id the vendor would be
+    /// asked for a script that loads nothing (or every site's, for a loader keyed by id).
+    pub(super) fn script_id_fields(&mut self, t: &RuleText, r: &RouteSpec) {
+        let (Some(field), Some(script)) = (&r.id_field, &r.script) else {
+            return;
+        };
+        let sent = &script.get_ref().query;
+        for f in &field.get_ref().0 {
+            let name = f.strip_prefix("query:").unwrap_or(f);
+            if sent.iter().any(|q| q == name) {
+                continue;
+            }
+            let msg = if name.contains(['*', '.', '[']) || f.contains(':') && !f.starts_with("query:") {
+                format!("id_field {f:?}: a script route's id is a query parameter; name it as listed in script = {{ query = [...] }}")
+            } else {
+                let hint = did_you_mean(name, sent.iter().map(String::as_str)).unwrap_or_default();
+                format!("id_field {f:?} is not in script = {{ query = [...] }}, so the vendor would be asked for the script without the id the check allows; add {name:?} to the script's query list{hint}")
+            };
+            self.err(t, field.span(), msg);
+        }
+    }
+
     /// Routes relaying beacons for any id, and lists no route uses (a typo, or a preset
     /// switched off).
     pub(super) fn id_warnings(&self) -> Vec<String> {

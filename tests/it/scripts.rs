@@ -517,6 +517,40 @@ script = { rewrite = { "www.google-analytics.com" = "{hots}" }, ttl = "often" }
 }
 
 #[tokio::test]
+async fn a_script_routes_id_field_must_be_a_parameter_it_sends() {
+    let route = |id_field: &str| {
+        rules(&format!(
+            r#"
+[site.ids]
+ga4 = ["G-OURS"]
+
+[[route]]
+name = "gtag"
+path = "/gtag/js"
+methods = ["GET"]
+upstream = "v"
+codec = "opaque"
+scan = false
+id_field = "{id_field}"
+id_list = "ga4"
+script = {{ query = ["id", "l"] }}
+"#
+        ))
+    };
+    let err = Gw::try_start(GwOptions::new(&route("tid"))).await.err().unwrap();
+    for want in ["id_field \"tid\" is not in script", "add \"tid\" to the script's query list"] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    let err = Gw::try_start(GwOptions::new(&route("ids.*"))).await.err().unwrap();
+    assert!(err.contains("a script route's id is a query parameter"), "{err}");
+    // Listed, with or without the `query:` scope: accepted.
+    for ok in ["id", "query:id"] {
+        let gw = Gw::try_start(GwOptions::new(&route(ok))).await;
+        assert!(gw.is_ok(), "{ok}: {:?}", gw.err());
+    }
+}
+
+#[tokio::test]
 async fn scripts_of_a_changed_route_do_not_linger_past_their_lifetime() {
     let mock = Mock::plain_with(|_| js(&SCRIPT.repeat(20))).await;
     let timed = ", ttl = \"1s\", stale = \"0s\", stale_if_error = \"0s\"";

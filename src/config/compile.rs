@@ -445,7 +445,7 @@ impl Compiler {
                 Ok(p) => Some(std::sync::Arc::new(p)),
                 Err(errs) => {
                     for e in errs {
-                        self.err(t, s.span(), e);
+                        self.err(t, e.span.unwrap_or(s.span()), e.msg);
                     }
                     None
                 }

@@ -128,17 +128,28 @@ impl Compiler {
         let (Some(field), Some(script)) = (&r.id_field, &r.script) else {
             return;
         };
-        let sent = &script.get_ref().query;
+        let sent: Vec<&str> = script
+            .get_ref()
+            .query
+            .iter()
+            .map(|q| q.get_ref().as_str())
+            .collect();
         for f in &field.get_ref().0 {
             let name = f.strip_prefix("query:").unwrap_or(f);
-            if sent.iter().any(|q| q == name) {
+            if sent.contains(&name) {
                 continue;
             }
-            let msg = if name.contains(['*', '.', '[']) || f.contains(':') && !f.starts_with("query:") {
-                format!("id_field {f:?}: a script route's id is a query parameter; name it as listed in script = {{ query = [...] }}")
+            let msg = if name.contains(['*', '.', '['])
+                || f.contains(':') && !f.starts_with("query:")
+            {
+                format!(
+                    "id_field {f:?}: a script route's id is a query parameter; name it as listed in script = {{ query = [...] }}"
+                )
             } else {
-                let hint = did_you_mean(name, sent.iter().map(String::as_str)).unwrap_or_default();
-                format!("id_field {f:?} is not in script = {{ query = [...] }}, so the vendor would be asked for the script without the id the check allows; add {name:?} to the script's query list{hint}")
+                let hint = did_you_mean(name, sent.iter().copied()).unwrap_or_default();
+                format!(
+                    "id_field {f:?} is not in script = {{ query = [...] }}, so the vendor would be asked for the script without the id the check allows; add {name:?} to the script's query list{hint}"
+                )
             };
             self.err(t, field.span(), msg);
         }

@@ -18,9 +18,11 @@ pub mod serve;
 pub mod variant;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::decode::query::Spaces;
 use sha2::{Digest, Sha256};
@@ -44,20 +46,35 @@ pub struct ScriptSpec {
     /// Literal text in the vendor's script → its replacement; `{host}` in a replacement is the
     /// first-party host the browser asked (with its port only if it is the listener's and
     /// not the default).
-    #[serde(default)]
-    pub rewrite: BTreeMap<String, String>,
+    pub rewrite: Option<Spanned<BTreeMap<String, String>>>,
     /// The query parameters passed to the vendor (and part of the cache key), in this order;
     /// every other parameter the browser sends is left out. Default: none.
     #[serde(default)]
-    pub query: Vec<String>,
+    pub query: Vec<Spanned<String>>,
     /// How long a fetched copy is fresh (served without asking the vendor). Default 1h.
-    pub ttl: Option<String>,
+    pub ttl: Option<Spanned<String>>,
     /// After `ttl`, how long the copy is still served while one background fetch refreshes
     /// it. Default 1d.
-    pub stale: Option<String>,
+    pub stale: Option<Spanned<String>>,
     /// After `ttl`, how long the copy is served when the vendor cannot be reached or fails.
     /// Default: the larger of `stale` and 1d.
-    pub stale_if_error: Option<String>,
+    pub stale_if_error: Option<Spanned<String>>,
+}
+
+impl ScriptSpec {
+    /// The `rewrite` table (empty when not written).
+    pub fn rewrites(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.rewrite.as_ref().map_or(&EMPTY, |r| r.get_ref())
+    }
+}
+
+/// A problem with a route's `script` option: what to change, and where (the field's span in
+/// the rule file; `None` for problems with the route around it, shown at the whole option).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError {
+    pub span: Option<Range<usize>>,
+    pub msg: String,
 }
 
 /// A route's compiled `script` option.
@@ -120,27 +137,42 @@ pub struct RouteFacts<'a> {
 
 /// Checks and compiles the option; every problem is returned, each a message that says what to
 /// change.
-pub fn compile(spec: &ScriptSpec, route: &RouteFacts<'_>) -> Result<ScriptPolicy, Vec<String>> {
-    let mut errs = Vec::new();
+pub fn compile(
+    spec: &ScriptSpec,
+    route: &RouteFacts<'_>,
+) -> Result<ScriptPolicy, Vec<OptionError>> {
+    let mut errs: Vec<OptionError> = Vec::new();
+    let mut route_err = |msg: &str| {
+        errs.push(OptionError {
+            span: None,
+            msg: msg.into(),
+        })
+    };
     if !route.get_only {
-        errs.push(
-            "script: a script route serves GET (and HEAD) only; set methods = [\"GET\"]".into(),
-        );
+        route_err("script: a script route serves GET (and HEAD) only; set methods = [\"GET\"]");
     }
     if route.has_rules {
-        errs.push("script: a script route relays no payload, so rules and rulesets would never run; move them to the vendor's beacon routes".into());
+        route_err(
+            "script: a script route relays no payload, so rules and rulesets would never run; move them to the vendor's beacon routes",
+        );
     }
     if !route.scan_off {
-        errs.push("script: a script route relays no payload, so the personal-data scan would never run; set scan = false".into());
+        route_err(
+            "script: a script route relays no payload, so the personal-data scan would never run; set scan = false",
+        );
     }
-    let mut duration = |key: &str, v: &Option<String>, default: Duration| match v {
+    let mut duration = |key: &str, v: &Option<Spanned<String>>, default: Duration| match v {
         None => default,
-        Some(s) => match humantime::parse_duration(s) {
+        Some(s) => match humantime::parse_duration(s.get_ref()) {
             Ok(d) => d,
             Err(_) => {
-                errs.push(format!(
-                    "script: {key} {s:?} is not a duration; write one like \"30s\", \"1h\" or \"1d\""
-                ));
+                errs.push(OptionError {
+                    span: Some(s.span()),
+                    msg: format!(
+                        "script: {key} {:?} is not a duration; write one like \"30s\", \"1h\" or \"1d\"",
+                        s.get_ref()
+                    ),
+                });
                 default
             }
         },
@@ -152,32 +184,47 @@ pub fn compile(spec: &ScriptSpec, route: &RouteFacts<'_>) -> Result<ScriptPolicy
         &spec.stale_if_error,
         DEFAULT_STALE_IF_ERROR.max(stale),
     );
+    let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
     if ttl.is_zero() {
-        errs.push(
-            "script: ttl must be longer than 0s (the cache is the point of a script route)".into(),
-        );
+        errs.push(OptionError {
+            span: span(&spec.ttl),
+            msg: "script: ttl must be longer than 0s (the cache is the point of a script route)"
+                .into(),
+        });
     }
     if stale_if_error < stale {
-        errs.push(format!(
-            "script: stale_if_error ({}) is shorter than stale ({}); a copy served while refreshing must also be usable when the refresh fails",
-            humantime::format_duration(stale_if_error),
-            humantime::format_duration(stale)
-        ));
+        errs.push(OptionError {
+            span: span(&spec.stale_if_error).or(span(&spec.stale)),
+            msg: format!(
+                "script: stale_if_error ({}) is shorter than stale ({}); a copy served while refreshing must also be usable when the refresh fails",
+                humantime::format_duration(stale_if_error),
+                humantime::format_duration(stale)
+            ),
+        });
     }
     let mut query: Vec<String> = Vec::new();
     for name in &spec.query {
+        let (at, name) = (Some(name.span()), name.get_ref());
         if name.is_empty() {
-            errs.push("script: query lists an empty parameter name; remove it".into());
+            errs.push(OptionError {
+                span: at,
+                msg: "script: query lists an empty parameter name; remove it".into(),
+            });
         } else if query.contains(name) {
-            errs.push(format!(
-                "script: query lists {name:?} twice; list each parameter once"
-            ));
+            errs.push(OptionError {
+                span: at,
+                msg: format!("script: query lists {name:?} twice; list each parameter once"),
+            });
         } else {
             query.push(name.clone());
         }
     }
-    let rewriter = Rewriter::compile(&spec.rewrite).unwrap_or_else(|e| {
-        errs.extend(e);
+    let rewriter = Rewriter::compile(spec.rewrites()).unwrap_or_else(|e| {
+        let at = spec.rewrite.as_ref().map(Spanned::span);
+        errs.extend(e.into_iter().map(|msg| OptionError {
+            span: at.clone(),
+            msg,
+        }));
         Rewriter::default()
     });
     if !errs.is_empty() {
@@ -188,7 +235,7 @@ pub fn compile(spec: &ScriptSpec, route: &RouteFacts<'_>) -> Result<ScriptPolicy
         h.update(part.as_bytes());
         h.update([0]);
     }
-    for (from, to) in &spec.rewrite {
+    for (from, to) in spec.rewrites() {
         h.update(from.as_bytes());
         h.update([0]);
         h.update(to.as_bytes());
@@ -223,12 +270,18 @@ mod tests {
 
     fn spec(rw: &[(&str, &str)]) -> ScriptSpec {
         ScriptSpec {
-            rewrite: rw
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
+            rewrite: Some(Spanned::new(
+                0..0,
+                rw.iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect(),
+            )),
             ..Default::default()
         }
+    }
+
+    fn at(v: &str) -> Spanned<String> {
+        Spanned::new(0..0, v.to_string())
     }
 
     #[test]
@@ -240,8 +293,8 @@ mod tests {
         let b = compile(&spec(&[("a.example", "{host}/a")]), &facts()).unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
         let mut timed = spec(&[("a.example", "{host}")]);
-        timed.ttl = Some("5m".into());
-        timed.stale = Some("7d".into());
+        timed.ttl = Some(at("5m"));
+        timed.stale = Some(at("7d"));
         let c = compile(&timed, &facts()).unwrap();
         assert_eq!(a.fingerprint, c.fingerprint, "times do not invalidate");
         assert_eq!(c.stale_if_error, Duration::from_secs(7 * 24 * 3600));
@@ -250,7 +303,7 @@ mod tests {
     #[test]
     fn only_allowed_query_parameters_in_a_fixed_order() {
         let mut s = spec(&[]);
-        s.query = vec!["id".into(), "l".into()];
+        s.query = vec![at("id"), at("l")];
         let p = compile(&s, &facts()).unwrap();
         let q = |raw: &str| p.query(Some(raw));
         assert_eq!(q("l=dl&x=1&id=G-1&id=G-2").as_deref(), Some("id=G-1&l=dl"));
@@ -265,17 +318,23 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let mut s = spec(&[("", "x"), ("b", "{hots}")]);
-        s.ttl = Some("soon".into());
-        s.stale = Some("2d".into());
-        s.stale_if_error = Some("1h".into());
-        s.query = vec!["id".into(), "".into(), "id".into()];
+        s.ttl = Some(at("soon"));
+        s.stale = Some(at("2d"));
+        s.stale_if_error = Some(at("1h"));
+        s.query = vec![at("id"), at(""), at("id")];
         let f = RouteFacts {
             get_only: false,
             has_rules: true,
             scan_off: false,
             ..facts()
         };
-        let errs = compile(&s, &f).unwrap_err().join("\n");
+        let errs = compile(&s, &f).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.span.is_none()),
+            "route problems have no field span"
+        );
+        let errs: Vec<String> = errs.into_iter().map(|e| e.msg).collect();
+        let errs = errs.join("\n");
         for want in [
             "methods = [\"GET\"]",
             "rules and rulesets",

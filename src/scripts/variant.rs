@@ -201,7 +201,7 @@ mod tests {
         let rewrite: BTreeMap<String, String> =
             [("www.google-analytics.com".to_string(), "{host}".to_string())].into();
         let spec = super::super::ScriptSpec {
-            rewrite,
+            rewrite: Some(toml::Spanned::new(0..0, rewrite)),
             ..Default::default()
         };
         let facts = super::super::RouteFacts {

@@ -514,6 +514,20 @@ script = { rewrite = { "www.google-analytics.com" = "{hots}" }, ttl = "often" }
     ] {
         assert!(err.contains(want), "{want:?} not in: {err}");
     }
+    // Each field's problem points at that field; the route's at the whole option.
+    let col = |needle: &str| {
+        let line = err.lines().find(|l| l.contains(needle));
+        let at = line.and_then(|l| l.split_once(".toml:")).map(|(_, at)| at);
+        at.and_then(|at| at.split(':').nth(1)).map(str::to_string)
+    };
+    let (route, ttl, rewrite) = (col("methods = ["), col("\"often\""), col("{hots}"));
+    assert!(
+        route.is_some() && ttl.is_some() && rewrite.is_some(),
+        "{err}"
+    );
+    assert_ne!(ttl, route, "{err}");
+    assert_ne!(rewrite, route, "{err}");
+    assert_ne!(ttl, rewrite, "{err}");
 }
 
 #[tokio::test]
@@ -537,12 +551,24 @@ script = {{ query = ["id", "l"] }}
 "#
         ))
     };
-    let err = Gw::try_start(GwOptions::new(&route("tid"))).await.err().unwrap();
-    for want in ["id_field \"tid\" is not in script", "add \"tid\" to the script's query list"] {
+    let err = Gw::try_start(GwOptions::new(&route("tid")))
+        .await
+        .err()
+        .unwrap();
+    for want in [
+        "id_field \"tid\" is not in script",
+        "add \"tid\" to the script's query list",
+    ] {
         assert!(err.contains(want), "{want:?} not in: {err}");
     }
-    let err = Gw::try_start(GwOptions::new(&route("ids.*"))).await.err().unwrap();
-    assert!(err.contains("a script route's id is a query parameter"), "{err}");
+    let err = Gw::try_start(GwOptions::new(&route("ids.*")))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("a script route's id is a query parameter"),
+        "{err}"
+    );
     // Listed, with or without the `query:` scope: accepted.
     for ok in ["id", "query:id"] {
         let gw = Gw::try_start(GwOptions::new(&route(ok))).await;

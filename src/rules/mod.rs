@@ -107,10 +107,10 @@ impl Places {
 
 /// The places a rule acts on: a part, or one event inside the body part.
 #[derive(Debug, Clone)]
-struct Target {
-    part: usize,
+pub(crate) struct Target {
+    pub part: usize,
     /// Index path of the event inside the part (empty: the whole part).
-    path: Vec<usize>,
+    pub path: Vec<usize>,
 }
 
 impl Program {
@@ -199,7 +199,8 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            scan::run(doc, s, key, self.events.as_ref(), &self.keys);
+            let targets = places.all(self, doc).to_vec();
+            scan::run(doc, s, key, &targets, &self.keys);
         }
         Outcome::Forward
     }
@@ -222,7 +223,8 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            scan::run(doc, s, key, self.events.as_ref(), &self.keys);
+            let targets = places.all(self, doc).to_vec();
+            scan::run(doc, s, key, &targets, &self.keys);
             after("personal-data scan", doc);
         }
         Outcome::Forward

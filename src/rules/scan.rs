@@ -8,7 +8,7 @@ use super::action::{HmacKey, Replace, redact_text};
 use super::detect::Kinds;
 use super::keys::KeyIndex;
 use super::select::Selector;
-use super::walk;
+use super::{Target, walk};
 use crate::decode::{Doc, Origin, Value};
 
 /// A route's scan settings, compiled.
@@ -19,34 +19,28 @@ pub struct Scan {
     pub replace: Replace,
 }
 
-/// Scans every part of `doc`; marks changed parts. `events`: where a JSON body's events are;
-/// exempt selectors are then relative to each event, like every other body selector.
-pub fn run(
+/// Scans every part of `doc`; marks changed parts. `targets`: where the rules act (every part,
+/// or each event of a JSON body with `events`, as [`super::Program`] found them); exempt
+/// selectors are relative to each target, like every other selector.
+pub(crate) fn run(
     doc: &mut Doc<'_>,
     scan: &Scan,
     key: &HmacKey,
-    events: Option<&Selector>,
+    targets: &[Target],
     idx: &KeyIndex,
 ) {
-    for part in &mut doc.parts {
-        let in_body = part.origin != Origin::Query;
-        let exempt = |v: &mut Value<'_>, flat: bool| {
+    for t in targets {
+        let part = &mut doc.parts[t.part];
+        let (flat, in_body) = (part.flat, part.origin != Origin::Query);
+        walk::at_mut(&mut part.root, &t.path, &mut |v| {
             walk::visit(v, flat, &scan.exempt, in_body, idx, &mut |_, v| {
                 mark(v);
                 false
             });
-        };
-        match events {
-            Some(ev) if !part.flat => {
-                for path in walk::event_paths(&part.root, &ev.steps) {
-                    walk::at_mut(&mut part.root, &path, &mut |v| {
-                        exempt(v, false);
-                        false
-                    });
-                }
-            }
-            _ => exempt(&mut part.root, part.flat),
-        }
+            false
+        });
+    }
+    for part in &mut doc.parts {
         if scan_value(&mut part.root, scan, key) {
             part.changed = true;
         }

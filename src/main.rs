@@ -220,9 +220,6 @@ struct SpoolArgs {
     /// How long a paused upstream gets nothing before one probe request.
     #[arg(long, env = "TAGWAY_BREAKER_COOLDOWN", default_value = "10s", value_parser = duration)]
     breaker_cooldown: Duration,
-    /// Threads delivering in the background.
-    #[arg(long, env = "TAGWAY_DELIVERY_THREADS", default_value_t = 1)]
-    delivery_threads: usize,
 }
 
 fn fsync(s: &str) -> Result<Fsync, String> {
@@ -559,7 +556,6 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
             max_age: a.spool.delivery_max_age,
             breaker_failures: a.spool.breaker_failures.max(1),
             breaker_cooldown: a.spool.breaker_cooldown,
-            threads: a.spool.delivery_threads.max(1),
         },
     };
     let gw: Arc<Gateway> = Gateway::new(settings, certs)?;

@@ -1,13 +1,17 @@
-//! The delivery thread's loop: one lane per upstream (ready queue, retries waiting for their
+//! One worker's delivery loop: one lane per upstream (ready queue, retries waiting for their
 //! time, requests in flight, the breaker), completions, and records settled as delivered or
 //! dead-lettered (`DIR/dead-letter.jsonl`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempt::{Outcome, attempt, backoff};
 use crate::deliver::UpstreamClient;
 use crate::gateway::Gateway;
-use crate::spool::{Queued, Spool, now_ms};
+use crate::spool::{Batch, Loc, Queued, Spool, now_ms};
 
 struct Item {
     q: Queued,
@@ -73,103 +77,132 @@ impl Lane {
     }
 }
 
-type Done = (String, Item, Outcome);
+/// An attempt that came back: its lane, the record, what the vendor said.
+type Done = (Arc<str>, Item, Outcome);
 
+/// Attempts in flight, polled by the dispatcher's own task (no task per attempt).
+type Running = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
+
+/// One worker's delivery: its lanes, its attempts in flight, on the worker's runtime and
+/// with the worker's upstream client (the pool relayed requests use).
 pub(super) struct Dispatcher {
     gw: Arc<Gateway>,
     spool: Arc<Spool>,
     client: Arc<UpstreamClient>,
-    lanes: HashMap<String, Lane>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
-    in_flight: usize,
+    /// This worker's share of `--delivery-concurrency`, per upstream.
+    limit: usize,
+    lanes: HashMap<Arc<str>, Lane>,
+    running: Running,
+    /// Records settled since the last call to `Spool::done` (one lock per batch).
+    settled: Vec<Loc>,
     seq: u64,
 }
 
 impl Dispatcher {
-    pub(super) fn new(gw: Arc<Gateway>, spool: Arc<Spool>) -> Self {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+    pub(super) fn new(
+        gw: Arc<Gateway>,
+        spool: Arc<Spool>,
+        client: Arc<UpstreamClient>,
+        limit: usize,
+    ) -> Self {
         Dispatcher {
-            client: Arc::new(UpstreamClient::new(
-                gw.settings.client.clone(),
-                &gw.upstream_tls,
-            )),
             gw,
             spool,
+            client,
+            limit: limit.max(1),
             lanes: HashMap::new(),
-            done_tx,
-            done_rx,
-            in_flight: 0,
+            running: FuturesUnordered::new(),
+            settled: Vec::new(),
             seq: 0,
         }
     }
 
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<Queued>,
+        mut rx: mpsc::UnboundedReceiver<Batch>,
         token: CancellationToken,
     ) {
         let mut open = true;
         let mut acks_flushed = Instant::now();
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(far()));
         loop {
             let wake = self.pump();
+            self.settle_done();
             // Delivery marks: one write per ACK_FLUSH under load, at once when idle.
-            if acks_flushed.elapsed() >= ACK_FLUSH || (self.in_flight == 0 && rx.is_empty()) {
+            if acks_flushed.elapsed() >= ACK_FLUSH || (self.running.is_empty() && rx.is_empty()) {
                 self.spool.flush_acks();
                 acks_flushed = Instant::now();
             }
-            let sleep = tokio::time::sleep_until(
-                wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-            );
+            let wake = wake.unwrap_or_else(far);
+            if sleep.deadline() != wake {
+                sleep.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 _ = token.cancelled() => break,
-                Some(d) = self.done_rx.recv() => {
+                Some(d) = self.running.next(), if !self.running.is_empty() => {
                     self.finish(d);
-                    while let Ok(d) = self.done_rx.try_recv() {
+                    while let Some(Some(d)) = self.running.next().now_or_never() {
                         self.finish(d);
                     }
                 }
-                q = rx.recv(), if open => match q {
-                    Some(q) => {
-                        self.enqueue(q);
-                        for _ in 0..1024 {
+                b = rx.recv(), if open => match b {
+                    Some(b) => {
+                        self.enqueue(b);
+                        for _ in 0..64 {
                             match rx.try_recv() {
-                                Ok(q) => self.enqueue(q),
+                                Ok(b) => self.enqueue(b),
                                 Err(_) => break,
                             }
                         }
                     }
                     None => open = false,
                 },
-                _ = sleep => {}
+                _ = &mut sleep => {}
             }
         }
         // Let attempts in flight finish, so what they delivered is not sent again next start.
         let bound = Instant::now() + self.gw.settings.shutdown_timeout;
-        while self.in_flight > 0 {
-            match tokio::time::timeout_at(bound, self.done_rx.recv()).await {
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(bound, self.running.next()).await {
                 Ok(Some(d)) => self.finish(d),
                 _ => break,
             }
         }
+        self.settle_done();
         self.spool.flush_acks();
     }
 
-    fn enqueue(&mut self, q: Queued) {
-        let lane = self.lanes.entry(q.record.upstream.clone()).or_default();
-        lane.ready.push_back(Item { q, attempts: 0 });
+    fn enqueue(&mut self, batch: Batch) {
+        for q in batch {
+            let lane = match self.lanes.get_mut(q.record.upstream.as_str()) {
+                Some(l) => l,
+                None => self
+                    .lanes
+                    .entry(Arc::from(q.record.upstream.as_str()))
+                    .or_default(),
+            };
+            lane.ready.push_back(Item { q, attempts: 0 });
+        }
     }
 
     /// Starts every attempt that may start now; returns when to look again.
     fn pump(&mut self) -> Option<Instant> {
+        if self
+            .lanes
+            .values()
+            .all(|l| l.ready.is_empty() && l.waiting.is_empty())
+        {
+            return None;
+        }
         let now = Instant::now();
         let rules = self.gw.rules();
-        let limit = self.gw.settings.delivery.concurrency.max(1);
+        let limit = self.limit;
         let max_age = self.gw.settings.delivery.max_age.as_millis() as u64;
+        let now_ms = now_ms();
         let mut wake: Option<Instant> = None;
         let mut dead = Vec::new();
-        let mut sends = Vec::new();
         for (name, lane) in self.lanes.iter_mut() {
             while lane.waiting.peek().is_some_and(|w| w.0.due <= now) {
                 if let Some(Reverse(w)) = lane.waiting.pop() {
@@ -182,12 +215,16 @@ impl Dispatcher {
                 Some(_) => usize::from(!lane.probing && lane.in_flight == 0),
                 None => limit.saturating_sub(lane.in_flight),
             };
-            let up = rules.upstreams.iter().position(|u| &u.name == name);
+            let up = if cap > 0 && !lane.ready.is_empty() {
+                rules.upstreams.iter().position(|u| *u.name == **name)
+            } else {
+                None
+            };
             for _ in 0..cap {
                 let Some(item) = lane.ready.pop_front() else {
                     break;
                 };
-                let age = now_ms().saturating_sub(item.q.record.accepted_ms);
+                let age = now_ms.saturating_sub(item.q.record.accepted_ms);
                 if age > max_age {
                     dead.push((
                         item,
@@ -216,20 +253,15 @@ impl Dispatcher {
                     lane.probing = true;
                 }
                 lane.in_flight += 1;
-                sends.push((name.clone(), up, item));
+                let (client, rules, name) = (self.client.clone(), rules.clone(), name.clone());
+                self.running.push(Box::pin(async move {
+                    let outcome = attempt(&client, &rules.upstreams[up], &item.q.record.out).await;
+                    (name, item, outcome)
+                }));
             }
             if let Some(t) = lane.next_wake(now).filter(|_| lane.in_flight < limit) {
                 wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
             }
-        }
-        self.in_flight += sends.len();
-        for (name, up, item) in sends {
-            let (client, rules, tx) = (self.client.clone(), rules.clone(), self.done_tx.clone());
-            let out = item.q.record.out.clone();
-            tokio::spawn(async move {
-                let outcome = attempt(&client, &rules, up, out).await;
-                let _ = tx.send((name, item, outcome));
-            });
         }
         for (item, outcome) in dead {
             self.settle(item, outcome);
@@ -237,12 +269,19 @@ impl Dispatcher {
         wake
     }
 
+    /// Marks the records settled since the last call as done in the spool.
+    fn settle_done(&mut self) {
+        if !self.settled.is_empty() {
+            self.spool.done(&self.settled);
+            self.settled.clear();
+        }
+    }
+
     /// An attempt came back.
     fn finish(&mut self, (name, mut item, outcome): Done) {
-        self.in_flight -= 1;
         let d = &self.gw.settings.delivery;
         let m = self.spool.metrics();
-        let Some(lane) = self.lanes.get_mut(&name) else {
+        let Some(lane) = self.lanes.get_mut(&*name) else {
             return;
         };
         lane.in_flight -= 1;
@@ -303,7 +342,7 @@ impl Dispatcher {
     }
 
     /// A record is done with: delivered, or dead-lettered.
-    fn settle(&self, item: Item, outcome: Outcome) {
+    fn settle(&mut self, item: Item, outcome: Outcome) {
         let m = self.spool.metrics();
         match outcome {
             Outcome::Delivered(status) => {
@@ -330,7 +369,7 @@ impl Dispatcher {
             }
             Outcome::Retry { .. } => return,
         }
-        self.spool.done(item.q.loc);
+        self.settled.push(item.q.loc);
     }
 }
 

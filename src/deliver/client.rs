@@ -262,7 +262,7 @@ impl UpstreamClient {
             e => failed(up, &e),
         };
         if let Some(h2) = self.pool.h2(key) {
-            return tokio::time::timeout_at(deadline, send_h2(h2, up, out.into_owned()))
+            return tokio::time::timeout_at(deadline, Box::pin(send_h2(h2, up, out.into_owned())))
                 .await
                 .map_err(|_| self.timed_out(up))?;
         }
@@ -284,13 +284,15 @@ impl UpstreamClient {
                 Err(e) => return Err(exchange_error(e)),
             }
         }
-        let fresh = tokio::time::timeout_at(deadline, self.connect(up))
+        // Boxed: connecting (TLS included) is rare and its future is most of this one's size,
+        // which every request would otherwise carry and move around.
+        let fresh = tokio::time::timeout_at(deadline, Box::pin(self.connect(up)))
             .await
             .map_err(|_| self.timed_out(up))??;
         match fresh {
             Fresh::H2(s) => {
                 self.pool.set_h2(key, s.clone());
-                tokio::time::timeout_at(deadline, send_h2(s, up, out.into_owned()))
+                tokio::time::timeout_at(deadline, Box::pin(send_h2(s, up, out.into_owned())))
                     .await
                     .map_err(|_| self.timed_out(up))?
             }

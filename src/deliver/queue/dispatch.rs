@@ -124,23 +124,29 @@ impl Dispatcher {
     ) {
         let mut open = true;
         let mut acks_flushed = Instant::now();
+        // Made once: a timer reset and a cancellation waiter per pass cost more than the pass.
         let far = || Instant::now() + Duration::from_secs(3600);
         let mut sleep = std::pin::pin!(tokio::time::sleep_until(far()));
+        let mut armed: Option<Instant> = None;
+        let mut cancelled = std::pin::pin!(token.cancelled());
         loop {
-            let wake = self.pump();
+            let now = Instant::now();
+            let wake = self.pump(now);
             self.settle_done();
             // Delivery marks: one write per ACK_FLUSH under load, at once when idle.
-            if acks_flushed.elapsed() >= ACK_FLUSH || (self.running.is_empty() && rx.is_empty()) {
+            if now.duration_since(acks_flushed) >= ACK_FLUSH
+                || (self.running.is_empty() && rx.is_empty())
+            {
                 self.spool.flush_acks();
-                acks_flushed = Instant::now();
+                acks_flushed = now;
             }
-            let wake = wake.unwrap_or_else(far);
-            if sleep.deadline() != wake {
-                sleep.as_mut().reset(wake);
+            if wake != armed {
+                sleep.as_mut().reset(wake.unwrap_or_else(far));
+                armed = wake;
             }
             tokio::select! {
                 biased;
-                _ = token.cancelled() => break,
+                _ = &mut cancelled => break,
                 Some(d) = self.running.next(), if !self.running.is_empty() => {
                     self.finish(d);
                     while let Some(Some(d)) = self.running.next().now_or_never() {
@@ -159,7 +165,10 @@ impl Dispatcher {
                     }
                     None => open = false,
                 },
-                _ = &mut sleep => {}
+                _ = &mut sleep => {
+                    sleep.as_mut().reset(far());
+                    armed = None;
+                }
             }
         }
         // Let attempts in flight finish, so what they delivered is not sent again next start.
@@ -188,7 +197,7 @@ impl Dispatcher {
     }
 
     /// Starts every attempt that may start now; returns when to look again.
-    fn pump(&mut self) -> Option<Instant> {
+    fn pump(&mut self, now: Instant) -> Option<Instant> {
         if self
             .lanes
             .values()
@@ -196,7 +205,6 @@ impl Dispatcher {
         {
             return None;
         }
-        let now = Instant::now();
         let rules = self.gw.rules();
         let limit = self.limit;
         let max_age = self.gw.settings.delivery.max_age.as_millis() as u64;

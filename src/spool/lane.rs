@@ -1,9 +1,10 @@
-//! One worker's way into the spool: requests on the worker push their frames here and wait;
-//! the lane's task, on the same worker's runtime, writes everything that arrived since its
-//! last pass with one write (group commit) and answers. No thread hop on the way in or out:
-//! the requests, the write and the answers are on one thread. With `Fsync::Always` (or no
-//! syncer thread) the write and its sync run on the blocking pool instead, so a sync never
-//! stalls the worker.
+//! A way into the spool: requests push their frames here and wait; the lane's task writes
+//! everything that arrived since its last pass with one write (group commit) and answers.
+//! With `Fsync::Every` each worker has its own lane, its task on the same worker's runtime: no
+//! thread hop on the way in or out, the requests, the write and the answers are on one thread.
+//! With `Fsync::Always` (or no syncer thread) one lane serves every worker (one sync covers
+//! all the requests waiting) and its writes and syncs run on the blocking pool, so a sync
+//! never stalls a worker.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Release};

@@ -133,17 +133,25 @@ struct OutboxState {
 }
 
 impl Outboxes {
-    /// Hands `records` to delivering worker `worker` (modulo the workers attached), as one
-    /// batch.
-    fn deliver(&self, worker: usize, records: Batch) {
+    /// Hands each record to the worker that accepted it (modulo the workers attached), one
+    /// batch per worker.
+    fn deliver(&self, records: Vec<(usize, Queued)>) {
         let Ok(mut st) = self.inner.lock() else {
             return;
         };
-        match st.to.len() {
-            0 => st.waiting.extend(records),
+        let n = st.to.len();
+        if n == 0 {
+            st.waiting.extend(records.into_iter().map(|(_, q)| q));
+            return;
+        }
+        let mut per: Vec<Batch> = (0..n).map(|_| Vec::new()).collect();
+        for (w, q) in records {
+            per[w % n].push(q);
+        }
+        for (tx, b) in st.to.iter().zip(per) {
             // A worker gone (shutting down) leaves its records in the spool for next start.
-            n => {
-                let _ = st.to[worker % n].send(records);
+            if !b.is_empty() {
+                let _ = tx.send(b);
             }
         }
     }
@@ -215,8 +223,9 @@ pub struct Attached {
     /// The records this worker is to deliver: its own once durable, and its share of the
     /// recovered ones.
     pub records: mpsc::UnboundedReceiver<Batch>,
-    /// Writes this worker's appends; to be run on the worker's runtime.
-    pub writer: LaneTask,
+    /// Writes this worker's appends (with `Fsync::Always`, every worker's: only the first
+    /// worker gets one); to be run on the worker's runtime.
+    pub writer: Option<LaneTask>,
 }
 
 /// The task that writes one worker's appends ([`LaneTask::run`]).
@@ -340,6 +349,7 @@ impl Spool {
         let job = writer::Job {
             frame,
             record,
+            worker,
             reply,
         };
         let lane = self
@@ -353,8 +363,8 @@ impl Spool {
         answer.await.map_err(|_| SpoolError::Stopped)?
     }
 
-    /// Attaches `n` workers, once: each gets its way in (a lane task to run on its runtime)
-    /// and its records to deliver, the recovered ones already shared out among them. `None`
+    /// Attaches `n` workers, once: each gets its way in (a lane task to run on its runtime;
+    /// with `Fsync::Always` one lane for all) and its records to deliver, the recovered ones already shared out among them. `None`
     /// when already attached.
     pub fn attach(&self, n: usize) -> Option<Vec<Attached>> {
         let n = n.max(1);
@@ -362,12 +372,17 @@ impl Spool {
         if self.lanes.get().is_some() {
             return None;
         }
-        let lanes: Vec<Arc<lane::Lane>> = (0..n)
-            .map(|i| {
+        // Per-request sync: one lane for all, so one sync covers every worker's requests.
+        let n_lanes = if self.settings.fsync == Fsync::Always {
+            1
+        } else {
+            n
+        };
+        let lanes: Vec<Arc<lane::Lane>> = (0..n_lanes)
+            .map(|_| {
                 Arc::new(lane::Lane::new(writer::Writer::new(
                     self.shared.clone(),
                     self.outboxes.clone(),
-                    i,
                     self.settings.fsync,
                     self.settings.segment_bytes,
                     self.dirty.clone(),
@@ -388,10 +403,10 @@ impl Spool {
         }
         let attached = rxs
             .into_iter()
-            .zip(&lanes)
-            .map(|(records, l)| Attached {
+            .enumerate()
+            .map(|(i, records)| Attached {
                 records,
-                writer: LaneTask(l.clone()),
+                writer: lanes.get(i).map(|l| LaneTask(l.clone())),
             })
             .collect();
         let _ = self.lanes.set(lanes);

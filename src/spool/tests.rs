@@ -30,7 +30,7 @@ impl Q {
 /// Attaches one worker: its lane task runs on the test's runtime.
 fn attach(s: &Spool) -> Q {
     let a = s.attach(1).unwrap().pop().unwrap();
-    tokio::spawn(a.writer.run());
+    tokio::spawn(a.writer.unwrap().run());
     Q(a.records, Default::default())
 }
 
@@ -146,11 +146,12 @@ fn write_one_batch(dir: &Path, n: u32) -> (Vec<Queued>, Arc<SpoolMetrics>) {
         jobs.push(writer::Job {
             frame,
             record,
+            worker: 0,
             reply,
         });
         answers.push(answer);
     }
-    let mut w = writer::Writer::new(shared, outboxes, 0, Fsync::Always, 200, None);
+    let mut w = writer::Writer::new(shared, outboxes, Fsync::Always, 200, None);
     w.write(jobs);
     w.finish();
     for mut a in answers {

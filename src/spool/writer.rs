@@ -1,7 +1,8 @@
-//! Appending to segments. Each worker has its own [`Writer`] (its own current segment),
-//! driven by the worker's lane task (`lane.rs`): the jobs that arrived since its last pass go
-//! out with one write (group commit), are synced per the policy, answered, and handed to the
-//! worker's delivery. With `Fsync::Every(t)` a separate thread ([`Syncer`]) syncs the
+//! Appending to segments. With `Fsync::Every` each worker has its own [`Writer`] (its own
+//! current segment), driven by the worker's lane task (`lane.rs`); with `Fsync::Always` one
+//! writer serves every worker, so one sync covers all the requests waiting for it. The jobs
+//! that arrived since the last pass go out with one write (group commit), are synced per the
+//! policy, handed to the workers that accepted them for delivery, and answered. With `Fsync::Every(t)` a separate thread ([`Syncer`]) syncs the
 //! written segments (and the folder, for new ones) every `t`, so a sync never holds up a
 //! write or an answer.
 
@@ -19,6 +20,8 @@ use super::{Fsync, Loc, Outboxes, Queued, Record, SegState, Shared, SpoolError, 
 pub(super) struct Job {
     pub frame: Vec<u8>,
     pub record: Record,
+    /// The worker that accepted it, and delivers it.
+    pub worker: usize,
     pub reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -100,12 +103,10 @@ fn sync_dir(shared: &Shared) {
     }
 }
 
-/// One worker's appends.
+/// Appends to one current segment at a time.
 pub(super) struct Writer {
     shared: Arc<Shared>,
     outboxes: Arc<Outboxes>,
-    /// The worker whose records these are (they go to its delivery).
-    worker: usize,
     fsync: Fsync,
     segment_bytes: u64,
     active: Option<Active>,
@@ -118,7 +119,6 @@ impl Writer {
     pub(super) fn new(
         shared: Arc<Shared>,
         outboxes: Arc<Outboxes>,
-        worker: usize,
         fsync: Fsync,
         segment_bytes: u64,
         dirty: Option<Arc<Dirty>>,
@@ -126,7 +126,6 @@ impl Writer {
         Writer {
             shared,
             outboxes,
-            worker,
             fsync,
             segment_bytes: segment_bytes.max(1),
             active: None,
@@ -192,13 +191,14 @@ impl Writer {
         let mut ready = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         for (j, loc) in jobs.into_iter().zip(locs) {
-            ready.push(Queued {
+            let q = Queued {
                 loc,
                 record: j.record,
-            });
+            };
+            ready.push((j.worker, q));
             replies.push(j.reply);
         }
-        self.outboxes.deliver(self.worker, ready);
+        self.outboxes.deliver(ready);
         for r in replies {
             let _ = r.send(Ok(()));
         }

@@ -126,7 +126,9 @@ impl Inbox {
         token: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let spool = gw.spool.clone()?;
-        tokio::spawn(self.spool.writer.run());
+        if let Some(w) = self.spool.writer {
+            tokio::spawn(w.run());
+        }
         let d = Dispatcher::new(gw, spool, client, self.limit);
         Some(tokio::spawn(d.run(self.spool.records, token)))
     }

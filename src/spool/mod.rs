@@ -418,9 +418,8 @@ impl Spool {
     pub fn done(&self, locs: &[Loc]) {
         let sh = &self.shared;
         let Ok(mut st) = sh.state.lock() else { return };
-        for &loc in locs {
-            done_one(sh, &mut st, loc);
-        }
+        let found = locs.iter().filter(|&&l| done_one(sh, &mut st, l)).count();
+        sh.metrics.pending.fetch_sub(found as u64, Relaxed);
     }
 
     /// Writes out the buffered delivery marks (the delivery thread calls this every few tens
@@ -468,16 +467,15 @@ impl Drop for Spool {
     }
 }
 
-/// One record done (see [`Spool::done`]).
-fn done_one(sh: &Shared, st: &mut State, loc: Loc) {
+/// One record done (see [`Spool::done`]); `false` if its segment is already gone.
+fn done_one(sh: &Shared, st: &mut State, loc: Loc) -> bool {
     let Some(s) = st.segs.get_mut(&loc.seg) else {
-        return;
+        return false;
     };
     s.done += 1;
-    sh.metrics.pending.fetch_sub(1, Relaxed);
     if s.sealed && s.done >= s.total {
         sh.remove_if_complete(st, loc.seg);
-        return;
+        return true;
     }
     // Buffered and never synced: a crash may send the last few delivered records again.
     if s.ack.is_none() {
@@ -493,6 +491,7 @@ fn done_one(sh: &Shared, st: &mut State, loc: Loc) {
     if let Some(f) = &mut s.ack {
         let _ = f.write_all(&loc.offset.to_le_bytes());
     }
+    true
 }
 
 pub(crate) fn now_ms() -> u64 {

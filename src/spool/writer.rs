@@ -113,6 +113,9 @@ pub(super) struct Writer {
     /// `Fsync::Every`: what the syncer syncs; `None` without a syncer thread (sync here).
     dirty: Option<Arc<Dirty>>,
     buf: Vec<u8>,
+    /// Frames placed in the current segment and not yet in its `total` (added under one lock
+    /// per write, before the write and before the segment is sealed).
+    uncounted: u64,
 }
 
 impl Writer {
@@ -131,6 +134,7 @@ impl Writer {
             active: None,
             dirty,
             buf: Vec::new(),
+            uncounted: 0,
         }
     }
 
@@ -210,6 +214,7 @@ impl Writer {
     /// frames in no segment file are given back now; those of frames written before the
     /// failure stay in their segment's length until it is removed.
     fn unwind(&mut self, jobs: &[Job], locs: &[Loc]) {
+        self.count();
         let reserved: u64 = jobs.iter().map(|j| j.frame.len() as u64).sum();
         let mut written = 0;
         if let Ok(mut st) = self.shared.state.lock() {
@@ -237,8 +242,8 @@ impl Writer {
 
     /// Adds one frame to the pending write, starting a new segment first when the current
     /// one would grow past the segment size. The frame counts in its segment's `total` from
-    /// here on, so sealing a segment (here, when the batch rolls on) never removes it while
-    /// it holds frames of this batch.
+    /// the next `flush` on (before anything is written or sealed), so sealing a segment (here,
+    /// when the batch rolls on) never removes it while it holds frames of this batch.
     fn append(&mut self, frame: &[u8], locs: &mut Vec<Loc>) -> Result<(), SpoolError> {
         let full = self.active.as_ref().is_some_and(|a| {
             a.len + self.buf.len() as u64 > 0
@@ -256,11 +261,7 @@ impl Writer {
             self.open_segment()?;
         }
         let a = self.active.as_ref().ok_or(SpoolError::Stopped)?;
-        let mut st = self.shared.state.lock().map_err(|_| SpoolError::Stopped)?;
-        if let Some(s) = st.segs.get_mut(&a.id) {
-            s.total += 1;
-        }
-        drop(st);
+        self.uncounted += 1;
         locs.push(Loc {
             seg: a.id,
             offset: a.len + self.buf.len() as u64,
@@ -269,7 +270,22 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds the frames placed since the last call to the current segment's `total`.
+    fn count(&mut self) {
+        let n = std::mem::take(&mut self.uncounted);
+        let Some(a) = &self.active else { return };
+        if n == 0 {
+            return;
+        }
+        if let Ok(mut st) = self.shared.state.lock() {
+            if let Some(s) = st.segs.get_mut(&a.id) {
+                s.total += n;
+            }
+        }
+    }
+
     fn flush(&mut self) -> Result<(), SpoolError> {
+        self.count();
         let Some(a) = &mut self.active else {
             return Ok(());
         };
@@ -331,6 +347,7 @@ impl Writer {
 
     /// Closes the current segment; it is removed as soon as all its records are done.
     fn seal_active(&mut self) {
+        self.count();
         let Some(a) = self.active.take() else { return };
         if let Ok(mut st) = self.shared.state.lock() {
             if let Some(s) = st.segs.get_mut(&a.id) {

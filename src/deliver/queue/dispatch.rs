@@ -3,7 +3,7 @@
 //! dead-lettered (`DIR/dead-letter.jsonl`).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempt::{Outcome, attempt, backoff};
 use crate::deliver::UpstreamClient;
 use crate::gateway::Gateway;
+use crate::ruleset::{RuleSet, Upstream};
 use crate::spool::{Batch, Loc, Queued, Spool, now_ms};
 
 struct Item {
@@ -51,8 +52,10 @@ impl Ord for Waiting {
 }
 
 /// One upstream's queue and breaker.
-#[derive(Default)]
 struct Lane {
+    name: Arc<str>,
+    /// The upstream by that name in the rules `Dispatcher::rules` (`None`: a reload removed it).
+    up: Option<Arc<Upstream>>,
     ready: VecDeque<Item>,
     waiting: BinaryHeap<Reverse<Waiting>>,
     in_flight: usize,
@@ -65,6 +68,19 @@ struct Lane {
 }
 
 impl Lane {
+    fn new(name: &str) -> Lane {
+        Lane {
+            name: Arc::from(name),
+            up: None,
+            ready: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            in_flight: 0,
+            failures: 0,
+            paused_until: None,
+            probing: false,
+        }
+    }
+
     /// The next time this lane may start something by itself (a retry falling due, a pause
     /// ending); completions wake the dispatcher anyway. Never a past instant: a half-open
     /// lane waits for its probe, not in a loop.
@@ -77,8 +93,8 @@ impl Lane {
     }
 }
 
-/// An attempt that came back: its lane, the record, what the vendor said.
-type Done = (Arc<str>, Item, Outcome);
+/// An attempt that came back: its lane (index), the record, what the vendor said.
+type Done = (usize, Item, Outcome);
 
 /// Attempts in flight, polled by the dispatcher's own task (no task per attempt).
 type Running = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
@@ -91,7 +107,10 @@ pub(super) struct Dispatcher {
     client: Arc<UpstreamClient>,
     /// This worker's share of `--delivery-concurrency`, per upstream.
     limit: usize,
-    lanes: HashMap<Arc<str>, Lane>,
+    /// One per upstream seen (a few): found by name, then by index.
+    lanes: Vec<Lane>,
+    /// The rule set the lanes' upstreams were taken from.
+    rules: Option<Arc<RuleSet>>,
     running: Running,
     /// Records settled since the last call to `Spool::done` (one lock per batch).
     settled: Vec<Loc>,
@@ -110,7 +129,8 @@ impl Dispatcher {
             spool,
             client,
             limit: limit.max(1),
-            lanes: HashMap::new(),
+            lanes: Vec::new(),
+            rules: None,
             running: FuturesUnordered::new(),
             settled: Vec::new(),
             seq: 0,
@@ -185,14 +205,19 @@ impl Dispatcher {
 
     fn enqueue(&mut self, batch: Batch) {
         for q in batch {
-            let lane = match self.lanes.get_mut(q.record.upstream.as_str()) {
-                Some(l) => l,
-                None => self
-                    .lanes
-                    .entry(Arc::from(q.record.upstream.as_str()))
-                    .or_default(),
+            let i = match self
+                .lanes
+                .iter()
+                .position(|l| *l.name == *q.record.upstream)
+            {
+                Some(i) => i,
+                None => {
+                    self.lanes.push(Lane::new(&q.record.upstream));
+                    self.rules = None; // look its upstream up
+                    self.lanes.len() - 1
+                }
             };
-            lane.ready.push_back(Item { q, attempts: 0 });
+            self.lanes[i].ready.push_back(Item { q, attempts: 0 });
         }
     }
 
@@ -200,18 +225,29 @@ impl Dispatcher {
     fn pump(&mut self, now: Instant) -> Option<Instant> {
         if self
             .lanes
-            .values()
+            .iter()
             .all(|l| l.ready.is_empty() && l.waiting.is_empty())
         {
             return None;
         }
         let rules = self.gw.rules();
+        if !self.rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, &rules)) {
+            // New rules (or a new lane): upstreams by name, once per reload.
+            for lane in &mut self.lanes {
+                lane.up = rules
+                    .upstreams
+                    .iter()
+                    .find(|u| *u.name == *lane.name)
+                    .map(|u| Arc::new(u.clone()));
+            }
+            self.rules = Some(rules);
+        }
         let limit = self.limit;
         let max_age = self.gw.settings.delivery.max_age.as_millis() as u64;
         let now_ms = now_ms();
         let mut wake: Option<Instant> = None;
         let mut dead = Vec::new();
-        for (name, lane) in self.lanes.iter_mut() {
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
             while lane.waiting.peek().is_some_and(|w| w.0.due <= now) {
                 if let Some(Reverse(w)) = lane.waiting.pop() {
                     lane.ready.push_back(w.item);
@@ -222,11 +258,6 @@ impl Dispatcher {
                 // Half-open: one probe decides.
                 Some(_) => usize::from(!lane.probing && lane.in_flight == 0),
                 None => limit.saturating_sub(lane.in_flight),
-            };
-            let up = if cap > 0 && !lane.ready.is_empty() {
-                rules.upstreams.iter().position(|u| *u.name == **name)
-            } else {
-                None
             };
             for _ in 0..cap {
                 let Some(item) = lane.ready.pop_front() else {
@@ -244,13 +275,14 @@ impl Dispatcher {
                     ));
                     continue;
                 }
-                let Some(up) = up else {
+                let Some(up) = lane.up.clone() else {
                     dead.push((
                         item,
                         Outcome::Dead {
                             reason: "no_upstream",
                             why: format!(
-                                "upstream {name:?} is no longer in the rules (removed by a reload)"
+                                "upstream {:?} is no longer in the rules (removed by a reload)",
+                                lane.name
                             ),
                             status: None,
                         },
@@ -261,10 +293,10 @@ impl Dispatcher {
                     lane.probing = true;
                 }
                 lane.in_flight += 1;
-                let (client, rules, name) = (self.client.clone(), rules.clone(), name.clone());
+                let client = self.client.clone();
                 self.running.push(Box::pin(async move {
-                    let outcome = attempt(&client, &rules.upstreams[up], &item.q.record.out).await;
-                    (name, item, outcome)
+                    let outcome = attempt(&client, &up, &item.q.record.out).await;
+                    (i, item, outcome)
                 }));
             }
             if let Some(t) = lane.next_wake(now).filter(|_| lane.in_flight < limit) {
@@ -286,12 +318,13 @@ impl Dispatcher {
     }
 
     /// An attempt came back.
-    fn finish(&mut self, (name, mut item, outcome): Done) {
+    fn finish(&mut self, (i, mut item, outcome): Done) {
         let d = &self.gw.settings.delivery;
         let m = self.spool.metrics();
-        let Some(lane) = self.lanes.get_mut(&*name) else {
+        let Some(lane) = self.lanes.get_mut(i) else {
             return;
         };
+        let name = lane.name.clone();
         lane.in_flight -= 1;
         let was_probe = std::mem::take(&mut lane.probing);
         match outcome {

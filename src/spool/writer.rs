@@ -7,7 +7,7 @@
 //! write or an answer.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +96,21 @@ pub(super) fn sync_all(shared: &Shared, dirty: &Dirty) {
     }
 }
 
+/// Every frame, in order, gathered by `writev` (as many calls as it takes).
+fn write_frames(file: &mut File, frames: &[Job]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|j| IoSlice::new(&j.frame)).collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// New segment names must survive a power loss too.
 fn sync_dir(shared: &Shared) {
     if let Ok(d) = File::open(&shared.dir) {
@@ -112,7 +127,9 @@ pub(super) struct Writer {
     active: Option<Active>,
     /// `Fsync::Every`: what the syncer syncs; `None` without a syncer thread (sync here).
     dirty: Option<Arc<Dirty>>,
-    buf: Vec<u8>,
+    /// Bytes placed in the current segment and not yet written (the frames of the jobs
+    /// being written, from the one after the last flush on).
+    pending: u64,
     /// Frames placed in the current segment and not yet in its `total` (added under one lock
     /// per write, before the write and before the segment is sealed).
     uncounted: u64,
@@ -133,7 +150,7 @@ impl Writer {
             segment_bytes: segment_bytes.max(1),
             active: None,
             dirty,
-            buf: Vec::new(),
+            pending: 0,
             uncounted: 0,
         }
     }
@@ -145,7 +162,7 @@ impl Writer {
 
     /// At shutdown: whatever was written is synced, a segment whose records are all done goes.
     pub(super) fn finish(&mut self) {
-        if let Err(e) = self.flush().and_then(|()| self.sync()) {
+        if let Err(e) = self.flush(&[]).and_then(|()| self.sync()) {
             tracing::error!("{e}");
         }
         self.retire_delivered_active();
@@ -155,15 +172,17 @@ impl Writer {
     /// answers the callers (or tells them why not).
     pub(super) fn write(&mut self, jobs: Vec<Job>) {
         let mut locs = Vec::with_capacity(jobs.len());
+        // jobs[from..locs.len()] are placed in the current segment, not yet written.
+        let mut from = 0;
         let mut result = Ok(());
         for j in &jobs {
-            if let Err(e) = self.append(&j.frame, &mut locs) {
+            if let Err(e) = self.place(&jobs, &mut from, j.frame.len(), &mut locs) {
                 result = Err(e);
                 break;
             }
         }
         if result.is_ok() {
-            result = self.flush();
+            result = self.flush(&jobs[from..locs.len()]);
         }
         if result.is_ok() {
             result = match self.fsync {
@@ -236,21 +255,29 @@ impl Writer {
             .metrics
             .bytes
             .fetch_sub(reserved - written, Relaxed);
-        self.buf.clear();
+        self.pending = 0;
         self.seal_active();
     }
 
-    /// Adds one frame to the pending write, starting a new segment first when the current
-    /// one would grow past the segment size. The frame counts in its segment's `total` from
-    /// the next `flush` on (before anything is written or sealed), so sealing a segment (here,
-    /// when the batch rolls on) never removes it while it holds frames of this batch.
-    fn append(&mut self, frame: &[u8], locs: &mut Vec<Loc>) -> Result<(), SpoolError> {
+    /// Places the next job's frame (`len` bytes) in the current segment, first writing what
+    /// is placed and starting a new segment when it would grow past the segment size. The
+    /// frame counts in its segment's `total` from the next `flush` on (before anything is
+    /// written or sealed), so sealing a segment (here, when the batch rolls on) never removes
+    /// it while it holds frames of this batch.
+    fn place(
+        &mut self,
+        jobs: &[Job],
+        from: &mut usize,
+        len: usize,
+        locs: &mut Vec<Loc>,
+    ) -> Result<(), SpoolError> {
+        let len = len as u64;
         let full = self.active.as_ref().is_some_and(|a| {
-            a.len + self.buf.len() as u64 > 0
-                && a.len + (self.buf.len() + frame.len()) as u64 > self.segment_bytes
+            a.len + self.pending > 0 && a.len + self.pending + len > self.segment_bytes
         });
         if full {
-            self.flush()?;
+            self.flush(&jobs[*from..locs.len()])?;
+            *from = locs.len();
             match self.fsync {
                 Fsync::Always => self.sync()?,
                 Fsync::Every(_) => self.mark_dirty(),
@@ -264,9 +291,9 @@ impl Writer {
         self.uncounted += 1;
         locs.push(Loc {
             seg: a.id,
-            offset: a.len + self.buf.len() as u64,
+            offset: a.len + self.pending,
         });
-        self.buf.extend_from_slice(frame);
+        self.pending += len;
         Ok(())
     }
 
@@ -284,24 +311,23 @@ impl Writer {
         }
     }
 
-    fn flush(&mut self) -> Result<(), SpoolError> {
+    /// Writes the placed frames (`frames`, `pending` bytes) with one `writev`, no copy.
+    fn flush(&mut self, frames: &[Job]) -> Result<(), SpoolError> {
         self.count();
         let Some(a) = &mut self.active else {
             return Ok(());
         };
-        if self.buf.is_empty() {
+        if self.pending == 0 {
             return Ok(());
         }
         let path = segment::seg_path(&self.shared.dir, a.id);
-        if let Err(e) = a.file.write_all(&self.buf) {
+        if let Err(e) = write_frames(&mut a.file, frames) {
             // Cut a partial write off, so the segment ends at a record boundary.
             let _ = a.file.set_len(a.len);
             return Err(SpoolError::io(&path, "cannot write", e));
         }
-        a.len += self.buf.len() as u64;
-        let len = a.len;
-        let id = a.id;
-        self.buf.clear();
+        a.len += std::mem::take(&mut self.pending);
+        let (len, id) = (a.len, a.id);
         if let Ok(mut st) = self.shared.state.lock() {
             if let Some(s) = st.segs.get_mut(&id) {
                 s.len = len;

@@ -380,13 +380,14 @@ impl Spool {
         };
         let lanes: Vec<Arc<lane::Lane>> = (0..n_lanes)
             .map(|_| {
-                Arc::new(lane::Lane::new(writer::Writer::new(
+                let w = writer::Writer::new(
                     self.shared.clone(),
                     self.outboxes.clone(),
                     self.settings.fsync,
                     self.settings.segment_bytes,
                     self.dirty.clone(),
-                )))
+                );
+                Arc::new(lane::Lane::new(w, self.shared.metrics.clone()))
             })
             .collect();
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
@@ -440,13 +441,7 @@ impl Spool {
     pub fn close(&self) {
         self.flush_acks();
         for l in self.lanes.get().into_iter().flatten() {
-            for j in l.close() {
-                self.shared
-                    .metrics
-                    .bytes
-                    .fetch_sub(j.frame.len() as u64, Relaxed);
-                let _ = j.reply.send(Err(SpoolError::Stopped));
-            }
+            l.close();
         }
         if let Some(s) = self.syncer.lock().ok().and_then(|mut s| s.take()) {
             s.stop();

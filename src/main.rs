@@ -202,7 +202,8 @@ struct SpoolArgs {
     /// Spool segment file size; a segment is removed once all its requests are delivered.
     #[arg(long, env = "TAGWAY_SPOOL_SEGMENT_SIZE", default_value = "8MiB", value_parser = size)]
     spool_segment_size: u64,
-    /// Background deliveries in flight per upstream.
+    /// Background deliveries in flight per upstream (shared out among the workers, at least
+    /// one each).
     #[arg(long, env = "TAGWAY_DELIVERY_CONCURRENCY", default_value_t = 64)]
     delivery_concurrency: usize,
     /// First retry delay; doubled per attempt (with jitter) up to --delivery-backoff-max.

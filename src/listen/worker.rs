@@ -1,8 +1,9 @@
 //! Worker threads: each runs a single-threaded runtime with its own upstream pool and accepts
-//! on the shared listening sockets; with a spool, each also delivers the requests it queued
-//! (`deliver::queue::deliver`, a task on its runtime). A worker that accepts a connection while it already has
-//! more open than the least busy worker hands it over (the socket moves to that worker's
-//! reactor), so keep-alive connections, and with them the load, spread evenly.
+//! on the shared listening sockets; with a spool, each also spools and delivers the requests
+//! it queued (tasks on its runtime, `deliver::queue::Inbox`). A worker that accepts a
+//! connection while it already has more open than the least busy worker hands it over (the
+//! socket moves to that worker's reactor), so keep-alive connections, and with them the load,
+//! spread evenly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

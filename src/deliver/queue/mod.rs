@@ -4,13 +4,13 @@
 //! caller to answer with the route's `answer`, or, when the spool is full or failing, applies
 //! the route's `on_spool_full` (relay now, or 503).
 //!
-//! [`Inbox::spawn`] starts the delivery side, one task per worker on the worker's own runtime, with
-//! the worker's upstream client (the inline HTTP/1.1 exchange and pool relayed requests use):
-//! the spool hands each worker the records it accepted, a batch per group commit (recovered
-//! records are shared out at start); they wait in one lane per upstream and are sent with at
-//! most the worker's share of `concurrency` in flight per upstream. Connect errors,
-//! timeouts, 429 and 5xx are retried with exponential backoff and jitter (`Retry-After`
-//! honoured, and it pauses the whole upstream); other 4xx go to the dead-letter file with the
+//! [`Inbox::spawn`] starts the delivery side, one task per worker on the worker's own
+//! runtime, with the worker's upstream client (the inline HTTP/1.1 exchange and pool relayed
+//! requests use): the spool hands each worker the records it accepted, a batch per group
+//! commit (recovered records are shared out at start); they wait in one lane per upstream and
+//! are sent with at most the worker's share of `concurrency` in flight per upstream. Connect
+//! errors, timeouts, 429 and 5xx are retried with exponential backoff and jitter
+//! (`Retry-After` honoured, and it pauses the upstream); other 4xx go to the dead-letter file with the
 //! reason, as do records older than `max_age` and records whose upstream a reload removed.
 //! After `breaker_failures` failures in a row an upstream's breaker opens: nothing is sent to
 //! it for `breaker_cooldown`, then one probe decides whether it closes. Lanes, breakers and

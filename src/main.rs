@@ -204,7 +204,7 @@ struct SpoolArgs {
     spool_segment_size: u64,
     /// Background deliveries in flight per upstream (shared out among the workers, at least
     /// one each).
-    #[arg(long, env = "TAGWAY_DELIVERY_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "TAGWAY_DELIVERY_CONCURRENCY", default_value_t = 256)]
     delivery_concurrency: usize,
     /// First retry delay; doubled per attempt (with jitter) up to --delivery-backoff-max.
     #[arg(long, env = "TAGWAY_DELIVERY_BACKOFF", default_value = "1s", value_parser = duration)]

@@ -55,7 +55,7 @@ pub struct DeliverySettings {
 impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
-            concurrency: 64,
+            concurrency: 256,
             backoff: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             max_age: Duration::from_secs(24 * 3600),

@@ -6,6 +6,11 @@
 #               waits BENCH_PACE_MS between requests), wrk --latency: p50/p99 as a browser sees them.
 #   throughput  w1 of the core benchmark (anchors.sh, nginx-proxy and the candidate in each run):
 #               tagway relaying, queued with batched fsync (10ms), queued with fsync per request.
+#               A queued request is answered before it is delivered, so besides the requests
+#               answered (accepted/s) it reports what the origin received during the same window
+#               (delivered/s, nginx stub_status) and the spool backlog right after it
+#               (tagway_spool_pending): a rate the delivery does not keep up with shows as a
+#               backlog that grows, and only delivered/s is a sustainable rate.
 #
 #   bench/queue.sh              # 3 runs x 10 s per measurement
 #   bench/queue.sh 5 5          # 5 runs x 5 s;  PARTS=latency or PARTS=throughput for one part
@@ -22,6 +27,7 @@ export BENCH_PACE_MS=${BENCH_PACE_MS:-20}
 ORIGIN_PORT=${ORIGIN_PORT:-18090}
 NGINX_PORT=${NGINX_PORT:-18091}
 TAGWAY_PORT=${TAGWAY_PORT:-18092}
+ADMIN_PORT=${ADMIN_PORT:-19082}
 out=${RESULTS_DIR:-$here/results/queue-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 for tool in nginx wrk python3 curl; do
@@ -124,32 +130,55 @@ throughput() {
     RESULTS_DIR="$out/$mode" WORKLOADS=w1 TARGETS="nginx-proxy candidate" \
       CANDIDATE_CMD="$here/tagway-candidate.sh" CANDIDATE_PORT=${CANDIDATE_PORT:-19081} \
       TAGWAY_BENCH_RULES="$rules" TAGWAY_BENCH_ARGS="--spool-fsync $fsync --spool-max-size 4GiB" \
+      TAGWAY_BENCH_ADMIN="127.0.0.1:$ADMIN_PORT" \
+      CANDIDATE_BACKLOG_CMD="curl -s --max-time 2 http://127.0.0.1:$ADMIN_PORT/metrics | awk '/^tagway_spool_pending /{print \$2}'" \
       TAGWAY_LOG=warn "$here/repeat.sh" "$runs" "$secs" >"$out/$mode.log" 2>&1 \
       || { echo "queue.sh: $mode failed, see $out/$mode.log" >&2; tail -5 "$out/$mode.log" >&2; exit 1; }
     grep -E '^w1 ' "$out/$mode.log" || true
   done
-  python3 - "$out" "$runs" <<'PY' | tee "$out/throughput.md"
+  python3 - "$out" "$runs" "$secs" <<'PY' | tee "$out/throughput.md"
 import csv, statistics, sys
-out, runs = sys.argv[1], int(sys.argv[2])
+out, runs, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 def rows(mode, i):
     return {r["target"]: r for r in csv.DictReader(open(f"{out}/{mode}/run-{i}.tsv"), delimiter="\t")}
-print("\n| w1, 64 connections | tagway req/s | ÷ nginx-proxy (same run) | p99 ms | tagway CPU µs/req |\n|---|---|---|---|---|")
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+med = lambda xs: statistics.median(xs) if xs else None
+print("\n| w1, 64 connections | accepted req/s | ÷ nginx-proxy (same run) | delivered/s (origin) | ÷ nginx-proxy | backlog growth in window | backlog after | p99 ms | tagway CPU µs/req |")
+print("|---|---|---|---|---|---|---|---|---|")
 res = {}
 for mode in ("relay", "queue-batched", "queue-always"):
     rs = [rows(mode, i) for i in range(1, runs + 1)]
     ok = [r for r in rs if r.get("candidate", {}).get("status") == "ok" and r.get("nginx-proxy", {}).get("status") == "ok"]
     if not ok:
-        print(f"| {mode} | no valid run | | | |"); continue
-    rps = statistics.median(float(r["candidate"]["rps"]) for r in ok)
-    ratio = statistics.median(float(r["candidate"]["rps"]) / float(r["nginx-proxy"]["rps"]) for r in ok)
-    p99 = statistics.median(float(r["candidate"]["p99_ms"]) for r in ok)
-    cpu = statistics.median(float(r["candidate"]["proxy_cpu_us"]) for r in ok)
-    res[mode] = (rps, ratio)
-    print(f"| {mode} | {rps:.0f} | {ratio:.2f} | {p99:.2f} | {cpu:.1f} |")
+        print(f"| {mode} | no valid run | | | | | | | |"); continue
+    c = lambda r, k: num(r["candidate"][k])
+    rps = med([c(r, "rps") for r in ok])
+    ratio = med([c(r, "rps") / num(r["nginx-proxy"]["rps"]) for r in ok])
+    dl = [c(r, "origin_reqs") / secs for r in ok if c(r, "origin_reqs") is not None]
+    dps = med(dl)
+    dratio = med([c(r, "origin_reqs") / secs / num(r["nginx-proxy"]["rps"]) for r in ok if c(r, "origin_reqs") is not None])
+    growth = med([c(r, "requests") - c(r, "origin_reqs") for r in ok if c(r, "origin_reqs") is not None])
+    backlog = med([c(r, "backlog") for r in ok if c(r, "backlog") is not None])
+    p99 = med([c(r, "p99_ms") for r in ok])
+    cpu = med([c(r, "proxy_cpu_us") for r in ok])
+    res[mode] = (rps, ratio, dps, dratio)
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)
+    print(f"| {mode} | {rps:.0f} | {ratio:.2f} | {f(dps, '.0f')} | {f(dratio, '.2f')} | {f(growth, '.0f')} | {f(backlog, '.0f')} | {p99:.2f} | {cpu:.1f} |")
+print(f"\nmedians of {runs} runs of {secs:.0f} s; delivered/s = requests the origin answered during the window / {secs:.0f} s")
 if "relay" in res:
+    r = res["relay"]
     for mode in ("queue-batched", "queue-always"):
-        if mode in res:
-            print(f"\n{mode} ÷ relay: {res[mode][0] / res['relay'][0]:.2f} (medians), {res[mode][1] / res['relay'][1]:.2f} (each against nginx in its own runs)")
+        if mode not in res:
+            continue
+        q = res[mode]
+        line = f"{mode} ÷ relay: accepted {q[0] / r[0]:.2f} (medians), {q[1] / r[1]:.2f} (each against nginx in its own runs)"
+        if q[2] is not None and q[3] is not None:
+            line += f"; delivered {q[2] / r[0]:.2f} (medians), {q[3] / r[1]:.2f} (against nginx)"
+        print(f"\n{line}")
 PY
 }
 

@@ -10,7 +10,7 @@ cp "$BENCH_KEY" "$certs/default.key"
 exec "${TAGWAY_BIN:-$here/../target/release/tagway}" serve \
   --listen "127.0.0.1:$CANDIDATE_PORT" \
   --tls-listen "127.0.0.1:${CANDIDATE_TLS_PORT:-0}" \
-  --admin-listen off \
+  --admin-listen "${TAGWAY_BENCH_ADMIN:-off}" \
   --rules "${TAGWAY_BENCH_RULES:-$here/rules}" \
   --certs "$certs" \
   --upstream "origin=$BENCH_UPSTREAM_URL" \

@@ -202,8 +202,9 @@ struct SpoolArgs {
     /// Spool segment file size; a segment is removed once all its requests are delivered.
     #[arg(long, env = "TAGWAY_SPOOL_SEGMENT_SIZE", default_value = "8MiB", value_parser = size)]
     spool_segment_size: u64,
-    /// Background deliveries in flight per upstream.
-    #[arg(long, env = "TAGWAY_DELIVERY_CONCURRENCY", default_value_t = 64)]
+    /// Background deliveries in flight per upstream (shared out among the workers, at least
+    /// one each).
+    #[arg(long, env = "TAGWAY_DELIVERY_CONCURRENCY", default_value_t = 256)]
     delivery_concurrency: usize,
     /// First retry delay; doubled per attempt (with jitter) up to --delivery-backoff-max.
     #[arg(long, env = "TAGWAY_DELIVERY_BACKOFF", default_value = "1s", value_parser = duration)]
@@ -220,9 +221,6 @@ struct SpoolArgs {
     /// How long a paused upstream gets nothing before one probe request.
     #[arg(long, env = "TAGWAY_BREAKER_COOLDOWN", default_value = "10s", value_parser = duration)]
     breaker_cooldown: Duration,
-    /// Threads delivering in the background.
-    #[arg(long, env = "TAGWAY_DELIVERY_THREADS", default_value_t = 1)]
-    delivery_threads: usize,
 }
 
 fn fsync(s: &str) -> Result<Fsync, String> {
@@ -559,7 +557,6 @@ async fn serve_async(a: ServeArgs, certs_explicit: bool) -> Result<()> {
             max_age: a.spool.delivery_max_age,
             breaker_failures: a.spool.breaker_failures.max(1),
             breaker_cooldown: a.spool.breaker_cooldown,
-            threads: a.spool.delivery_threads.max(1),
         },
     };
     let gw: Arc<Gateway> = Gateway::new(settings, certs)?;

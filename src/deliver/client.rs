@@ -10,6 +10,7 @@
 //! hops per request, pool checkout futures, connector clones). The inline exchange removes
 //! those; HTTP/2 still goes through hyper.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -208,6 +209,24 @@ impl UpstreamClient {
         up: &Upstream,
         out: Outgoing,
     ) -> Result<(Response<UpstreamBody>, Instant), Reject> {
+        self.send_cow(up, Cow::Owned(out)).await
+    }
+
+    /// [`Self::send`] for a request the caller keeps (background delivery may send it again):
+    /// HTTP/1.1 writes it from the reference; only HTTP/2 copies what it needs.
+    pub async fn send_ref(
+        &self,
+        up: &Upstream,
+        out: &Outgoing,
+    ) -> Result<(Response<UpstreamBody>, Instant), Reject> {
+        self.send_cow(up, Cow::Borrowed(out)).await
+    }
+
+    async fn send_cow(
+        &self,
+        up: &Upstream,
+        out: Cow<'_, Outgoing>,
+    ) -> Result<(Response<UpstreamBody>, Instant), Reject> {
         let deadline = Instant::now() + self.settings.timeout;
         let res = self.send_inner(up, out, deadline).await?;
         if let Some(len) = http_body::Body::size_hint(res.body()).exact() {
@@ -233,7 +252,7 @@ impl UpstreamClient {
     async fn send_inner(
         &self,
         up: &Upstream,
-        out: Outgoing,
+        out: Cow<'_, Outgoing>,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, Reject> {
         let key = up.origin.as_str();
@@ -243,7 +262,7 @@ impl UpstreamClient {
             e => failed(up, &e),
         };
         if let Some(h2) = self.pool.h2(key) {
-            return tokio::time::timeout_at(deadline, send_h2(h2, up, out))
+            return tokio::time::timeout_at(deadline, Box::pin(send_h2(h2, up, out.into_owned())))
                 .await
                 .map_err(|_| self.timed_out(up))?;
         }
@@ -265,13 +284,15 @@ impl UpstreamClient {
                 Err(e) => return Err(exchange_error(e)),
             }
         }
-        let fresh = tokio::time::timeout_at(deadline, self.connect(up))
+        // Boxed: connecting (TLS included) is rare and its future is most of this one's size,
+        // which every request would otherwise carry and move around.
+        let fresh = tokio::time::timeout_at(deadline, Box::pin(self.connect(up)))
             .await
             .map_err(|_| self.timed_out(up))??;
         match fresh {
             Fresh::H2(s) => {
                 self.pool.set_h2(key, s.clone());
-                tokio::time::timeout_at(deadline, send_h2(s, up, out))
+                tokio::time::timeout_at(deadline, Box::pin(send_h2(s, up, out.into_owned())))
                     .await
                     .map_err(|_| self.timed_out(up))?
             }

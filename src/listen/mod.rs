@@ -64,7 +64,6 @@ pub async fn run(
         )),
     };
     let done = worker::start(&gw, &listeners, tls, &token)?;
-    let delivery = crate::deliver::queue::start(&gw, &token)?;
     // The workers hold their own handles now: close ours, so that once the workers stop
     // accepting, the sockets are closed and new connections are refused, not queued.
     drop(listeners.plain);
@@ -94,9 +93,6 @@ pub async fn run(
     }
     if let Some(a) = admin {
         let _ = a.await;
-    }
-    if let Some(d) = delivery {
-        let _ = tokio::task::spawn_blocking(move || d.join()).await;
     }
     // Last sync; what is not delivered stays in the spool for the next start.
     if let Some(s) = &gw.spool {

@@ -1,7 +1,9 @@
 //! Worker threads: each runs a single-threaded runtime with its own upstream pool and accepts
-//! on the shared listening sockets. A worker that accepts a connection while it already has
-//! more open than the least busy worker hands it over (the socket moves to that worker's
-//! reactor), so keep-alive connections, and with them the load, spread evenly.
+//! on the shared listening sockets; with a spool, each also spools and delivers the requests
+//! it queued (tasks on its runtime, `deliver::queue::Inbox`). A worker that accepts a
+//! connection while it already has more open than the least busy worker hands it over (the
+//! socket moves to that worker's reactor), so keep-alive connections, and with them the load,
+//! spread evenly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Listeners;
 use super::serve::{Ctx, accept_conn, server_builder};
-use crate::deliver::UpstreamClient;
+use crate::deliver::{UpstreamClient, queue};
 use crate::gateway::Gateway;
 
 /// A connection accepted by one worker for another.
@@ -55,7 +57,8 @@ pub(super) fn start(
     }
     let peers: Arc<[Peer]> = peers.into();
     let mut done = Vec::with_capacity(n);
-    for (i, inbox) in inboxes.into_iter().enumerate() {
+    let deliveries = queue::inboxes(gw, n);
+    for ((i, inbox), delivery) in inboxes.into_iter().enumerate().zip(deliveries) {
         let plain = listeners
             .plain
             .as_ref()
@@ -72,11 +75,12 @@ pub(super) fn start(
         std::thread::Builder::new()
             .name(format!("tagway-worker-{i}"))
             .spawn(move || {
+                queue::set_worker(i);
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(w.run(gw, plain, tls_l, tls, inbox, token)),
+                    Ok(rt) => rt.block_on(w.run(gw, plain, tls_l, tls, (inbox, delivery), token)),
                     Err(e) => tracing::error!("worker {i}: cannot start its runtime: {e}"),
                 }
                 let _ = tx.send(());
@@ -100,7 +104,7 @@ impl Worker {
         plain: Option<std::net::TcpListener>,
         tls_listener: Option<std::net::TcpListener>,
         tls: Option<TlsAcceptor>,
-        mut inbox: mpsc::UnboundedReceiver<Handoff>,
+        (mut inbox, delivery): (mpsc::UnboundedReceiver<Handoff>, Option<queue::Inbox>),
         token: CancellationToken,
     ) {
         let ctx = Arc::new(Ctx {
@@ -114,6 +118,8 @@ impl Worker {
             conns: TaskTracker::new(),
             tls,
         });
+        let delivery =
+            delivery.and_then(|d| d.spawn(ctx.gw.clone(), ctx.client.clone(), ctx.token.clone()));
         let me = Arc::new(self);
         let mut loops = tokio::task::JoinSet::new();
         for (l, is_tls) in [(plain, false), (tls_listener, true)] {
@@ -152,6 +158,10 @@ impl Worker {
                 open = ctx.conns.len(),
                 "shutdown bound reached; closing the remaining connections"
             );
+        }
+        // It stopped starting deliveries at the token; its attempts in flight are bounded.
+        if let Some(d) = delivery {
+            let _ = d.await;
         }
     }
 

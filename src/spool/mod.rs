@@ -4,13 +4,20 @@
 //!
 //! - [`record`]: one request as bytes, with a checksum;
 //! - [`segment`]: segment files, and reading them back (torn and corrupt regions);
-//! - `writer`: the one thread that appends and syncs (group commit);
+//! - `lane`: one worker's way in: its requests' frames, written by a task on that worker's
+//!   runtime (group commit), answered there;
+//! - `writer`: appending to segments, the fsync policy, the sync thread;
 //! - this file: opening and recovering a spool folder, appending, and removing segments once
 //!   every record in them is delivered.
 //!
-//! Memory: every undelivered record is also held in memory (in the delivery queue) until it
-//! is delivered, so memory use is bounded by `--spool-max-size` like the disk.
+//! Durable records go to the workers that deliver them ([`Spool::attach`]): a group commit's
+//! records as one [`Batch`] per worker (the worker that accepted each request delivers it),
+//! recovered records shared out among the workers at start.
+//!
+//! Memory: every undelivered record is also held in memory (in a worker's delivery lanes)
+//! until it is delivered, so memory use is bounded by `--spool-max-size` like the disk.
 
+mod lane;
 pub mod metrics;
 pub mod record;
 pub mod segment;
@@ -109,6 +116,47 @@ pub struct Queued {
     pub record: Record,
 }
 
+/// Records handed to one delivering worker at once (one channel message, one wake-up).
+pub type Batch = Vec<Queued>;
+
+/// Where durable records go: one channel per delivering worker. Records that become durable
+/// before any worker is attached (the recovered ones, at start) wait here.
+#[derive(Default)]
+struct Outboxes {
+    inner: Mutex<OutboxState>,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    to: Vec<mpsc::UnboundedSender<Batch>>,
+    waiting: Batch,
+}
+
+impl Outboxes {
+    /// Hands each record to the worker that accepted it (modulo the workers attached), one
+    /// batch per worker.
+    fn deliver(&self, records: Vec<(usize, Queued)>) {
+        let Ok(mut st) = self.inner.lock() else {
+            return;
+        };
+        let n = st.to.len();
+        if n == 0 {
+            st.waiting.extend(records.into_iter().map(|(_, q)| q));
+            return;
+        }
+        let mut per: Vec<Batch> = (0..n).map(|_| Vec::new()).collect();
+        for (w, q) in records {
+            per[w % n].push(q);
+        }
+        for (tx, b) in st.to.iter().zip(per) {
+            // A worker gone (shutting down) leaves its records in the spool for next start.
+            if !b.is_empty() {
+                let _ = tx.send(b);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SegState {
     len: u64,
@@ -124,12 +172,10 @@ struct SegState {
 #[derive(Debug, Default)]
 struct State {
     segs: BTreeMap<u64, SegState>,
-    /// The segment being appended to.
-    active: Option<u64>,
     next_id: u64,
 }
 
-/// What the writer thread and [`Spool::done`] share.
+/// What the writers and [`Spool::done`] share.
 struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
@@ -162,11 +208,34 @@ impl Shared {
 pub struct Spool {
     settings: SpoolSettings,
     shared: Arc<Shared>,
-    tx: std::sync::mpsc::Sender<writer::Msg>,
-    queue: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    outboxes: Arc<Outboxes>,
+    /// One per worker, from [`Spool::attach`] on.
+    lanes: std::sync::OnceLock<Vec<Arc<lane::Lane>>>,
+    /// `Fsync::Every`: what the sync thread syncs, and the thread.
+    dirty: Option<Arc<writer::Dirty>>,
+    syncer: Mutex<Option<writer::Syncer>>,
     /// Held (flock) while this spool is open.
     lock: Mutex<Option<File>>,
+}
+
+/// One worker's part of the spool (see [`Spool::attach`]).
+pub struct Attached {
+    /// The records this worker is to deliver: its own once durable, and its share of the
+    /// recovered ones.
+    pub records: mpsc::UnboundedReceiver<Batch>,
+    /// Writes this worker's appends (with `Fsync::Always`, every worker's: only the first
+    /// worker gets one); to be run on the worker's runtime.
+    pub writer: Option<LaneTask>,
+}
+
+/// The task that writes one worker's appends ([`LaneTask::run`]).
+pub struct LaneTask(Arc<lane::Lane>);
+
+impl LaneTask {
+    /// Runs for as long as the worker's runtime does.
+    pub async fn run(self) {
+        lane::run(self.0).await;
+    }
 }
 
 impl std::fmt::Debug for Spool {
@@ -196,25 +265,39 @@ impl Spool {
         {
             return Err(SpoolError::Locked(dir.display().to_string()));
         }
-        let (qtx, qrx) = mpsc::unbounded_channel();
-        let state = recover(&dir, &metrics, &qtx)?;
+        let outboxes = Arc::new(Outboxes::default());
+        let mut recovered = Vec::new();
+        let state = recover(&dir, &metrics, &mut recovered)?;
+        if let Ok(mut o) = outboxes.inner.lock() {
+            o.waiting = recovered;
+        }
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             state: Mutex::new(state),
             metrics,
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let w = writer::Writer::new(shared.clone(), qtx, settings.fsync, settings.segment_bytes);
-        let handle = std::thread::Builder::new()
-            .name("tagway-spool".into())
-            .spawn(move || w.run(rx))
-            .map_err(|e| SpoolError::io(&dir, "cannot start the writer thread", e))?;
+        let (dirty, syncer) = match settings.fsync {
+            Fsync::Always => (None, None),
+            Fsync::Every(every) => {
+                let dirty = Arc::new(writer::Dirty::default());
+                match writer::Syncer::start(shared.clone(), dirty.clone(), every) {
+                    Ok(s) => (Some(dirty), Some(s)),
+                    Err(e) => {
+                        tracing::error!(
+                            "spool: cannot start the sync thread, syncing on every write: {e}"
+                        );
+                        (None, None)
+                    }
+                }
+            }
+        };
         Ok(Spool {
             settings,
             shared,
-            tx,
-            queue: Mutex::new(Some(qrx)),
-            writer: Mutex::new(Some(handle)),
+            outboxes,
+            lanes: std::sync::OnceLock::new(),
+            dirty,
+            syncer: Mutex::new(syncer),
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -232,12 +315,14 @@ impl Spool {
     }
 
     /// Appends a request; returns once it is durable by the fsync policy (written, or written
-    /// and synced). `Full` when it would take the spool past its size limit.
+    /// and synced). `Full` when it would take the spool past its size limit. The record is
+    /// then handed to delivering worker `worker` (modulo the workers attached).
     pub async fn append(
         &self,
         route: &str,
         upstream: &str,
         out: &Outgoing,
+        worker: usize,
     ) -> Result<(), SpoolError> {
         let at = now_ms();
         let frame = record::encode(at, route, upstream, out);
@@ -264,49 +349,78 @@ impl Spool {
         let job = writer::Job {
             frame,
             record,
+            worker,
             reply,
         };
-        if self.tx.send(writer::Msg::Append(job)).is_err() {
+        let lane = self
+            .lanes
+            .get()
+            .and_then(|l| l.get(worker % l.len().max(1)));
+        if !lane.is_some_and(|l| l.push(job)) {
             m.bytes.fetch_sub(n, Relaxed);
             return Err(SpoolError::Stopped);
         }
         answer.await.map_err(|_| SpoolError::Stopped)?
     }
 
-    /// The stream of records to deliver (recovered ones first); taken once, by the delivery
-    /// thread.
-    pub fn take_queue(&self) -> Option<mpsc::UnboundedReceiver<Queued>> {
-        self.queue.lock().ok()?.take()
+    /// Attaches `n` workers, once: each gets its way in (a lane task to run on its runtime;
+    /// with `Fsync::Always` one lane for all) and its records to deliver, the recovered ones already shared out among them. `None`
+    /// when already attached.
+    pub fn attach(&self, n: usize) -> Option<Vec<Attached>> {
+        let n = n.max(1);
+        let mut st = self.outboxes.inner.lock().ok()?;
+        if self.lanes.get().is_some() {
+            return None;
+        }
+        // Per-request sync: one lane for all, so one sync covers every worker's requests.
+        let n_lanes = if self.settings.fsync == Fsync::Always {
+            1
+        } else {
+            n
+        };
+        let lanes: Vec<Arc<lane::Lane>> = (0..n_lanes)
+            .map(|_| {
+                let w = writer::Writer::new(
+                    self.shared.clone(),
+                    self.outboxes.clone(),
+                    self.settings.fsync,
+                    self.settings.segment_bytes,
+                    self.dirty.clone(),
+                );
+                Arc::new(lane::Lane::new(w, self.shared.metrics.clone()))
+            })
+            .collect();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        st.to = txs;
+        let waiting = std::mem::take(&mut st.waiting);
+        let mut per: Vec<Batch> = (0..n).map(|_| Vec::new()).collect();
+        for (i, q) in waiting.into_iter().enumerate() {
+            per[i % n].push(q);
+        }
+        for (tx, b) in st.to.iter().zip(per) {
+            if !b.is_empty() {
+                let _ = tx.send(b);
+            }
+        }
+        let attached = rxs
+            .into_iter()
+            .enumerate()
+            .map(|(i, records)| Attached {
+                records,
+                writer: lanes.get(i).map(|l| LaneTask(l.clone())),
+            })
+            .collect();
+        let _ = self.lanes.set(lanes);
+        Some(attached)
     }
 
-    /// A record is delivered or dead-lettered: it is never sent again, and its segment goes
-    /// once all its records are done.
-    pub fn done(&self, loc: Loc) {
+    /// Records are delivered or dead-lettered: they are never sent again, and a segment goes
+    /// once all its records are done. One lock for the lot.
+    pub fn done(&self, locs: &[Loc]) {
         let sh = &self.shared;
         let Ok(mut st) = sh.state.lock() else { return };
-        let Some(s) = st.segs.get_mut(&loc.seg) else {
-            return;
-        };
-        s.done += 1;
-        sh.metrics.pending.fetch_sub(1, Relaxed);
-        if s.sealed && s.done >= s.total {
-            sh.remove_if_complete(&mut st, loc.seg);
-            return;
-        }
-        // Buffered and never synced: a crash may send the last few delivered records again.
-        if s.ack.is_none() {
-            let p = segment::ack_path(&sh.dir, loc.seg);
-            s.ack = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .map_err(|e| tracing::warn!("spool: cannot open {}: {e}", p.display()))
-                .ok()
-                .map(|f| std::io::BufWriter::with_capacity(8192, f));
-        }
-        if let Some(f) = &mut s.ack {
-            let _ = f.write_all(&loc.offset.to_le_bytes());
-        }
+        let found = locs.iter().filter(|&&l| done_one(sh, &mut st, l)).count();
+        sh.metrics.pending.fetch_sub(found as u64, Relaxed);
     }
 
     /// Writes out the buffered delivery marks (the delivery thread calls this every few tens
@@ -322,16 +436,18 @@ impl Spool {
         }
     }
 
-    /// Stops the writer after a last sync. Records not yet delivered stay in the folder for
-    /// the next start.
+    /// Stops taking appends and syncs what was written (call once the workers have stopped).
+    /// Records not yet delivered stay in the folder for the next start.
     pub fn close(&self) {
         self.flush_acks();
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self.tx.send(writer::Msg::Stop(tx)).is_ok() {
-            let _ = rx.recv();
+        for l in self.lanes.get().into_iter().flatten() {
+            l.close();
         }
-        if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
-            let _ = h.join();
+        if let Some(s) = self.syncer.lock().ok().and_then(|mut s| s.take()) {
+            s.stop();
+        }
+        if let Some(d) = &self.dirty {
+            writer::sync_all(&self.shared, d);
         }
         // Another gateway may open the folder from now on.
         if let Ok(mut l) = self.lock.lock() {
@@ -346,6 +462,33 @@ impl Drop for Spool {
     }
 }
 
+/// One record done (see [`Spool::done`]); `false` if its segment is already gone.
+fn done_one(sh: &Shared, st: &mut State, loc: Loc) -> bool {
+    let Some(s) = st.segs.get_mut(&loc.seg) else {
+        return false;
+    };
+    s.done += 1;
+    if s.sealed && s.done >= s.total {
+        sh.remove_if_complete(st, loc.seg);
+        return true;
+    }
+    // Buffered and never synced: a crash may send the last few delivered records again.
+    if s.ack.is_none() {
+        let p = segment::ack_path(&sh.dir, loc.seg);
+        s.ack = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| tracing::warn!("spool: cannot open {}: {e}", p.display()))
+            .ok()
+            .map(|f| std::io::BufWriter::with_capacity(8192, f));
+    }
+    if let Some(f) = &mut s.ack {
+        let _ = f.write_all(&loc.offset.to_le_bytes());
+    }
+    true
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -354,11 +497,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Reads every segment in `dir`: undelivered records go to `queue`, damage is logged and
 /// counted, segments with nothing left are removed.
-fn recover(
-    dir: &Path,
-    metrics: &SpoolMetrics,
-    queue: &mpsc::UnboundedSender<Queued>,
-) -> Result<State, SpoolError> {
+fn recover(dir: &Path, metrics: &SpoolMetrics, queue: &mut Batch) -> Result<State, SpoolError> {
     let mut ids = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| SpoolError::io(dir, "cannot list", e))? {
         let e = e.map_err(|e| SpoolError::io(dir, "cannot list", e))?;
@@ -404,7 +543,7 @@ fn recover(
             match record::decode(&bytes[payload]) {
                 Ok(record) => {
                     total += 1;
-                    let _ = queue.send(Queued {
+                    queue.push(Queued {
                         loc: Loc { seg: id, offset },
                         record,
                     });

@@ -1,37 +1,28 @@
-//! The spool's writer thread: the only code that appends to segments. Callers on any worker
-//! thread send a frame and wait; the writer takes every frame waiting (group commit), appends
-//! them with one write, syncs per the policy, registers them for delivery, then answers the
-//! callers. With `Fsync::Always` a caller is answered only after the sync that covers its
-//! record; with `Fsync::Every(t)` right after the write, and a second thread syncs the written
-//! segments every `t`, so a slow sync never holds up a write (or an answer).
+//! Appending to segments. With `Fsync::Every` each worker has its own [`Writer`] (its own
+//! current segment), driven by the worker's lane task (`lane.rs`); with `Fsync::Always` one
+//! writer serves every worker, so one sync covers all the requests waiting for it. The jobs
+//! that arrived since the last pass go out with one write (group commit), are synced per the
+//! policy, handed to the workers that accepted them for delivery, and answered. With `Fsync::Every(t)` a separate thread ([`Syncer`]) syncs the
+//! written segments (and the folder, for new ones) every `t`, so a sync never holds up a
+//! write or an answer.
 
 use std::fs::File;
-use std::io::Write;
-use std::sync::atomic::AtomicBool;
+use std::io::{IoSlice, Write};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::{Fsync, Loc, Queued, Record, SegState, Shared, SpoolError, segment};
-
-/// Most frames taken into one write.
-const MAX_BATCH: usize = 4096;
-/// How often an idle writer checks whether its segment is fully delivered (to remove it).
-const IDLE_TICK: Duration = Duration::from_millis(100);
+use super::{Fsync, Loc, Outboxes, Queued, Record, SegState, Shared, SpoolError, segment};
 
 pub(super) struct Job {
     pub frame: Vec<u8>,
     pub record: Record,
+    /// The worker that accepted it, and delivers it.
+    pub worker: usize,
     pub reply: oneshot::Sender<Result<(), SpoolError>>,
-}
-
-pub(super) enum Msg {
-    Append(Job),
-    /// Sync, close, and say so.
-    Stop(std::sync::mpsc::Sender<()>),
 }
 
 struct Active {
@@ -40,37 +31,56 @@ struct Active {
     len: u64,
 }
 
-pub(super) struct Writer {
-    shared: Arc<Shared>,
-    queue: mpsc::UnboundedSender<Queued>,
-    fsync: Fsync,
-    segment_bytes: u64,
-    active: Option<Active>,
-    /// `Fsync::Every`: segments written since the syncer's last pass (a handle each).
-    dirty: Arc<Mutex<Vec<(u64, File)>>>,
-    syncer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
-    buf: Vec<u8>,
+/// Segments written since the syncer's last pass (a handle each), and whether the folder
+/// has a new name to sync.
+#[derive(Default)]
+pub(super) struct Dirty {
+    files: Mutex<Vec<(u64, File)>>,
+    dir: AtomicBool,
 }
 
-/// `Fsync::Every(t)`: every `t`, syncs the segments written since the last pass.
-fn syncer(
-    shared: Arc<Shared>,
-    dirty: Arc<Mutex<Vec<(u64, File)>>>,
-    every: Duration,
+/// `Fsync::Every(t)`: the thread that syncs, every `t`, what was written since its last pass.
+pub(super) struct Syncer {
     stop: Arc<AtomicBool>,
-) {
-    loop {
-        std::thread::sleep(every);
-        let stopping = stop.load(Relaxed);
-        sync_all(&shared, &dirty);
-        if stopping {
-            return;
-        }
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Syncer {
+    pub(super) fn start(
+        shared: Arc<Shared>,
+        dirty: Arc<Dirty>,
+        every: Duration,
+    ) -> std::io::Result<Syncer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("tagway-spool-sync".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let stopping = st.load(Relaxed);
+                    sync_all(&shared, &dirty);
+                    if stopping {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer { stop, handle })
+    }
+
+    /// A last pass, then the thread ends.
+    pub(super) fn stop(self) {
+        self.stop.store(true, Relaxed);
+        let _ = self.handle.join();
     }
 }
 
-fn sync_all(shared: &Shared, dirty: &Mutex<Vec<(u64, File)>>) {
+pub(super) fn sync_all(shared: &Shared, dirty: &Dirty) {
+    if dirty.dir.swap(false, Ordering::AcqRel) {
+        sync_dir(shared);
+    }
     let files = dirty
+        .files
         .lock()
         .map(|mut d| std::mem::take(&mut *d))
         .unwrap_or_default();
@@ -86,91 +96,93 @@ fn sync_all(shared: &Shared, dirty: &Mutex<Vec<(u64, File)>>) {
     }
 }
 
+/// Every frame, in order, gathered by `writev` (as many calls as it takes).
+fn write_frames(file: &mut File, frames: &[Job]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|j| IoSlice::new(&j.frame)).collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// New segment names must survive a power loss too.
+fn sync_dir(shared: &Shared) {
+    if let Ok(d) = File::open(&shared.dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Appends to one current segment at a time.
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    outboxes: Arc<Outboxes>,
+    fsync: Fsync,
+    segment_bytes: u64,
+    active: Option<Active>,
+    /// `Fsync::Every`: what the syncer syncs; `None` without a syncer thread (sync here).
+    dirty: Option<Arc<Dirty>>,
+    /// Bytes placed in the current segment and not yet written (the frames of the jobs
+    /// being written, from the one after the last flush on).
+    pending: u64,
+    /// Frames placed in the current segment and not yet in its `total` (added under one lock
+    /// per write, before the write and before the segment is sealed).
+    uncounted: u64,
+}
+
 impl Writer {
     pub(super) fn new(
         shared: Arc<Shared>,
-        queue: mpsc::UnboundedSender<Queued>,
+        outboxes: Arc<Outboxes>,
         fsync: Fsync,
         segment_bytes: u64,
+        dirty: Option<Arc<Dirty>>,
     ) -> Self {
-        let dirty = Arc::new(Mutex::new(Vec::new()));
-        let syncer = match fsync {
-            Fsync::Always => None,
-            Fsync::Every(every) => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let (sh, d, st) = (shared.clone(), dirty.clone(), stop.clone());
-                std::thread::Builder::new()
-                    .name("tagway-spool-sync".into())
-                    .spawn(move || syncer(sh, d, every, st))
-                    .map_err(|e| {
-                        tracing::error!(
-                            "spool: cannot start the sync thread, syncing on the writer: {e}"
-                        )
-                    })
-                    .ok()
-                    .map(|h| (stop, h))
-            }
-        };
         Writer {
             shared,
-            queue,
+            outboxes,
             fsync,
             segment_bytes: segment_bytes.max(1),
             active: None,
             dirty,
-            syncer,
-            buf: Vec::new(),
+            pending: 0,
+            uncounted: 0,
         }
     }
 
-    pub(super) fn run(mut self, rx: Receiver<Msg>) {
-        let mut stop = None;
-        while stop.is_none() {
-            let mut jobs = Vec::new();
-            match rx.recv_timeout(IDLE_TICK) {
-                Ok(Msg::Append(j)) => jobs.push(j),
-                Ok(Msg::Stop(s)) => stop = Some(s),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            while stop.is_none() && jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Append(j)) => jobs.push(j),
-                    Ok(Msg::Stop(s)) => stop = Some(s),
-                    Err(_) => break,
-                }
-            }
-            if jobs.is_empty() {
-                self.retire_delivered_active();
-            } else {
-                self.write(jobs);
-            }
-        }
-        if let Err(e) = self.flush().and_then(|()| self.sync()) {
+    /// Whether `write` may block on a sync (then it runs off the worker's thread).
+    pub(super) fn syncs_inline(&self) -> bool {
+        self.fsync == Fsync::Always || self.dirty.is_none()
+    }
+
+    /// At shutdown: whatever was written is synced, a segment whose records are all done goes.
+    pub(super) fn finish(&mut self) {
+        if let Err(e) = self.flush(&[]).and_then(|()| self.sync()) {
             tracing::error!("{e}");
         }
-        if let Some((stop, h)) = self.syncer.take() {
-            stop.store(true, Relaxed);
-            let _ = h.join();
-        }
-        sync_all(&self.shared, &self.dirty);
         self.retire_delivered_active();
-        if let Some(s) = stop {
-            let _ = s.send(());
-        }
     }
 
-    fn write(&mut self, jobs: Vec<Job>) {
+    /// Appends `jobs` with one write, syncs per the policy, hands the records to delivery and
+    /// answers the callers (or tells them why not).
+    pub(super) fn write(&mut self, jobs: Vec<Job>) {
         let mut locs = Vec::with_capacity(jobs.len());
+        // jobs[from..locs.len()] are placed in the current segment, not yet written.
+        let mut from = 0;
         let mut result = Ok(());
         for j in &jobs {
-            if let Err(e) = self.append(&j.frame, &mut locs) {
+            if let Err(e) = self.place(&jobs, &mut from, j.frame.len(), &mut locs) {
                 result = Err(e);
                 break;
             }
         }
         if result.is_ok() {
-            result = self.flush();
+            result = self.flush(&jobs[from..locs.len()]);
         }
         if result.is_ok() {
             result = match self.fsync {
@@ -197,12 +209,21 @@ impl Writer {
         }
         m.appended.fetch_add(jobs.len() as u64, Relaxed);
         m.pending.fetch_add(jobs.len() as u64, Relaxed);
+        // Handed over before the answers, so a record is with its worker once its request
+        // is answered.
+        let mut ready = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
         for (j, loc) in jobs.into_iter().zip(locs) {
-            let _ = self.queue.send(Queued {
+            let q = Queued {
                 loc,
                 record: j.record,
-            });
-            let _ = j.reply.send(Ok(()));
+            };
+            ready.push((j.worker, q));
+            replies.push(j.reply);
+        }
+        self.outboxes.deliver(ready);
+        for r in replies {
+            let _ = r.send(Ok(()));
         }
     }
 
@@ -212,6 +233,7 @@ impl Writer {
     /// frames in no segment file are given back now; those of frames written before the
     /// failure stay in their segment's length until it is removed.
     fn unwind(&mut self, jobs: &[Job], locs: &[Loc]) {
+        self.count();
         let reserved: u64 = jobs.iter().map(|j| j.frame.len() as u64).sum();
         let mut written = 0;
         if let Ok(mut st) = self.shared.state.lock() {
@@ -233,21 +255,29 @@ impl Writer {
             .metrics
             .bytes
             .fetch_sub(reserved - written, Relaxed);
-        self.buf.clear();
+        self.pending = 0;
         self.seal_active();
     }
 
-    /// Adds one frame to the pending write, starting a new segment first when the current
-    /// one would grow past the segment size. The frame counts in its segment's `total` from
-    /// here on, so sealing a segment (here, when the batch rolls on) never removes it while
-    /// it holds frames of this batch.
-    fn append(&mut self, frame: &[u8], locs: &mut Vec<Loc>) -> Result<(), SpoolError> {
+    /// Places the next job's frame (`len` bytes) in the current segment, first writing what
+    /// is placed and starting a new segment when it would grow past the segment size. The
+    /// frame counts in its segment's `total` from the next `flush` on (before anything is
+    /// written or sealed), so sealing a segment (here, when the batch rolls on) never removes
+    /// it while it holds frames of this batch.
+    fn place(
+        &mut self,
+        jobs: &[Job],
+        from: &mut usize,
+        len: usize,
+        locs: &mut Vec<Loc>,
+    ) -> Result<(), SpoolError> {
+        let len = len as u64;
         let full = self.active.as_ref().is_some_and(|a| {
-            a.len + self.buf.len() as u64 > 0
-                && a.len + (self.buf.len() + frame.len()) as u64 > self.segment_bytes
+            a.len + self.pending > 0 && a.len + self.pending + len > self.segment_bytes
         });
         if full {
-            self.flush()?;
+            self.flush(&jobs[*from..locs.len()])?;
+            *from = locs.len();
             match self.fsync {
                 Fsync::Always => self.sync()?,
                 Fsync::Every(_) => self.mark_dirty(),
@@ -258,36 +288,46 @@ impl Writer {
             self.open_segment()?;
         }
         let a = self.active.as_ref().ok_or(SpoolError::Stopped)?;
-        let mut st = self.shared.state.lock().map_err(|_| SpoolError::Stopped)?;
-        if let Some(s) = st.segs.get_mut(&a.id) {
-            s.total += 1;
-        }
-        drop(st);
+        self.uncounted += 1;
         locs.push(Loc {
             seg: a.id,
-            offset: a.len + self.buf.len() as u64,
+            offset: a.len + self.pending,
         });
-        self.buf.extend_from_slice(frame);
+        self.pending += len;
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), SpoolError> {
+    /// Adds the frames placed since the last call to the current segment's `total`.
+    fn count(&mut self) {
+        let n = std::mem::take(&mut self.uncounted);
+        let Some(a) = &self.active else { return };
+        if n == 0 {
+            return;
+        }
+        if let Ok(mut st) = self.shared.state.lock() {
+            if let Some(s) = st.segs.get_mut(&a.id) {
+                s.total += n;
+            }
+        }
+    }
+
+    /// Writes the placed frames (`frames`, `pending` bytes) with one `writev`, no copy.
+    fn flush(&mut self, frames: &[Job]) -> Result<(), SpoolError> {
+        self.count();
         let Some(a) = &mut self.active else {
             return Ok(());
         };
-        if self.buf.is_empty() {
+        if self.pending == 0 {
             return Ok(());
         }
         let path = segment::seg_path(&self.shared.dir, a.id);
-        if let Err(e) = a.file.write_all(&self.buf) {
+        if let Err(e) = write_frames(&mut a.file, frames) {
             // Cut a partial write off, so the segment ends at a record boundary.
             let _ = a.file.set_len(a.len);
             return Err(SpoolError::io(&path, "cannot write", e));
         }
-        a.len += self.buf.len() as u64;
-        let len = a.len;
-        let id = a.id;
-        self.buf.clear();
+        a.len += std::mem::take(&mut self.pending);
+        let (len, id) = (a.len, a.id);
         if let Ok(mut st) = self.shared.state.lock() {
             if let Some(s) = st.segs.get_mut(&id) {
                 s.len = len;
@@ -310,9 +350,10 @@ impl Writer {
             .append(true)
             .open(&path)
             .map_err(|e| SpoolError::io(&path, "cannot create a segment", e))?;
-        // The new name must survive a power loss too.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        // The new name must survive a power loss too: now, or with the syncer's next pass.
+        match &self.dirty {
+            Some(d) if self.fsync != Fsync::Always => d.dir.store(true, Ordering::Release),
+            _ => sync_dir(&self.shared),
         }
         if let Ok(mut st) = self.shared.state.lock() {
             st.segs.insert(
@@ -325,7 +366,6 @@ impl Writer {
                     ack: None,
                 },
             );
-            st.active = Some(id);
         }
         self.active = Some(Active { id, file, len: 0 });
         Ok(())
@@ -333,9 +373,9 @@ impl Writer {
 
     /// Closes the current segment; it is removed as soon as all its records are done.
     fn seal_active(&mut self) {
+        self.count();
         let Some(a) = self.active.take() else { return };
         if let Ok(mut st) = self.shared.state.lock() {
-            st.active = None;
             if let Some(s) = st.segs.get_mut(&a.id) {
                 s.sealed = true;
             }
@@ -345,7 +385,7 @@ impl Writer {
 
     /// When idle: a current segment whose records are all delivered is closed (and so
     /// removed), so a quiet gateway leaves an empty folder.
-    fn retire_delivered_active(&mut self) {
+    pub(super) fn retire_delivered_active(&mut self) {
         let Some(a) = &self.active else { return };
         let complete = self
             .shared
@@ -363,14 +403,16 @@ impl Writer {
     /// syncer thread, synced now).
     fn mark_dirty(&mut self) {
         let Some(a) = &self.active else { return };
-        if self.syncer.is_none() {
+        let Some(dirty) = &self.dirty else {
             if let Err(e) = self.sync() {
                 self.shared.metrics.write_errors.fetch_add(1, Relaxed);
                 tracing::error!("{e}");
             }
             return;
-        }
-        let Ok(mut d) = self.dirty.lock() else { return };
+        };
+        let Ok(mut d) = dirty.files.lock() else {
+            return;
+        };
         if !d.iter().any(|(id, _)| *id == a.id) {
             match a.file.try_clone() {
                 Ok(f) => d.push((a.id, f)),

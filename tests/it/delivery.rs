@@ -157,6 +157,51 @@ async fn a_vendor_outage_loses_nothing_and_duplicates_nothing() {
     assert_eq!(segments(dir.path()), 0, "delivered segments are removed");
 }
 
+/// Each worker spools and delivers the requests it accepted (with `always`, through one
+/// shared spool lane): with two workers and parallel clients, every beacon arrives once.
+#[tokio::test]
+async fn two_workers_deliver_every_beacon_once_with_either_fsync_policy() {
+    for fsync in [Fsync::Every(Duration::from_millis(5)), Fsync::Always] {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let vendor = Mock::plain_with(flaky_vendor(Arc::default(), got.clone())).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(BEACON, &vendor, dir.path(), 1 << 20, fsync);
+        o.workers = 2;
+        let gw = Gw::start(o).await;
+        let addr = gw.http;
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        let r = get(addr, &format!("/b?id={}", c * 100 + i)).await;
+                        assert_eq!(r.status, 200);
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.unwrap();
+        }
+        let m = gw.gw.metrics.spool.clone();
+        until("every beacon delivered", || {
+            m.pending.load(Ordering::SeqCst) == 0 && got.lock().unwrap().len() >= 40
+        })
+        .await;
+        gw.stop().await;
+        let mut ids = got.lock().unwrap().clone();
+        ids.sort();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!((n, ids.len()), (40, 40), "{fsync:?}: each once");
+        assert_eq!(m.appended.load(Ordering::SeqCst), 40);
+        assert_eq!(
+            segments(dir.path()),
+            0,
+            "{fsync:?}: delivered segments are removed"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_slow_vendor_does_not_slow_the_answer() {
     let vendor =

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use super::DeliverySettings;
 use crate::deliver::{Outgoing, UpstreamClient};
 use crate::respond::Reject;
-use crate::ruleset::RuleSet;
+use crate::ruleset::Upstream;
 
 /// What one attempt came to.
 #[derive(Debug)]
@@ -38,14 +38,8 @@ pub(super) fn backoff(d: &DeliverySettings, attempts: u32) -> Duration {
 }
 
 /// One attempt: send, read the answer to its end (so the connection is reused), classify.
-pub(super) async fn attempt(
-    client: &UpstreamClient,
-    rules: &RuleSet,
-    up: usize,
-    out: Outgoing,
-) -> Outcome {
-    let up = &rules.upstreams[up];
-    match client.send(up, out).await {
+pub(super) async fn attempt(client: &UpstreamClient, up: &Upstream, out: &Outgoing) -> Outcome {
+    match client.send_ref(up, out).await {
         Ok((res, deadline)) => {
             let status = res.status();
             let after = res

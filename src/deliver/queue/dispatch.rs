@@ -1,13 +1,17 @@
-//! The delivery thread's loop: one lane per upstream (ready queue, retries waiting for their
+//! One worker's delivery loop: one lane per upstream (ready queue, retries waiting for their
 //! time, requests in flight, the breaker), completions, and records settled as delivered or
 //! dead-lettered (`DIR/dead-letter.jsonl`).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::attempt::{Outcome, attempt, backoff};
 use crate::deliver::UpstreamClient;
 use crate::gateway::Gateway;
-use crate::spool::{Queued, Spool, now_ms};
+use crate::ruleset::{RuleSet, Upstream};
+use crate::spool::{Batch, Loc, Queued, Spool, now_ms};
 
 struct Item {
     q: Queued,
@@ -47,8 +52,10 @@ impl Ord for Waiting {
 }
 
 /// One upstream's queue and breaker.
-#[derive(Default)]
 struct Lane {
+    name: Arc<str>,
+    /// The upstream by that name in the rules `Dispatcher::rules` (`None`: a reload removed it).
+    up: Option<Arc<Upstream>>,
     ready: VecDeque<Item>,
     waiting: BinaryHeap<Reverse<Waiting>>,
     in_flight: usize,
@@ -61,6 +68,19 @@ struct Lane {
 }
 
 impl Lane {
+    fn new(name: &str) -> Lane {
+        Lane {
+            name: Arc::from(name),
+            up: None,
+            ready: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            in_flight: 0,
+            failures: 0,
+            paused_until: None,
+            probing: false,
+        }
+    }
+
     /// The next time this lane may start something by itself (a retry falling due, a pause
     /// ending); completions wake the dispatcher anyway. Never a past instant: a half-open
     /// lane waits for its probe, not in a loop.
@@ -73,104 +93,161 @@ impl Lane {
     }
 }
 
-type Done = (String, Item, Outcome);
+/// An attempt that came back: its lane (index), the record, what the vendor said.
+type Done = (usize, Item, Outcome);
 
+/// Attempts in flight, polled by the dispatcher's own task (no task per attempt).
+type Running = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
+
+/// One worker's delivery: its lanes, its attempts in flight, on the worker's runtime and
+/// with the worker's upstream client (the pool relayed requests use).
 pub(super) struct Dispatcher {
     gw: Arc<Gateway>,
     spool: Arc<Spool>,
     client: Arc<UpstreamClient>,
-    lanes: HashMap<String, Lane>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
-    in_flight: usize,
+    /// This worker's share of `--delivery-concurrency`, per upstream.
+    limit: usize,
+    /// One per upstream seen (a few): found by name, then by index.
+    lanes: Vec<Lane>,
+    /// The rule set the lanes' upstreams were taken from.
+    rules: Option<Arc<RuleSet>>,
+    running: Running,
+    /// Records settled since the last call to `Spool::done` (one lock per batch).
+    settled: Vec<Loc>,
     seq: u64,
 }
 
 impl Dispatcher {
-    pub(super) fn new(gw: Arc<Gateway>, spool: Arc<Spool>) -> Self {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+    pub(super) fn new(
+        gw: Arc<Gateway>,
+        spool: Arc<Spool>,
+        client: Arc<UpstreamClient>,
+        limit: usize,
+    ) -> Self {
         Dispatcher {
-            client: Arc::new(UpstreamClient::new(
-                gw.settings.client.clone(),
-                &gw.upstream_tls,
-            )),
             gw,
             spool,
-            lanes: HashMap::new(),
-            done_tx,
-            done_rx,
-            in_flight: 0,
+            client,
+            limit: limit.max(1),
+            lanes: Vec::new(),
+            rules: None,
+            running: FuturesUnordered::new(),
+            settled: Vec::new(),
             seq: 0,
         }
     }
 
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<Queued>,
+        mut rx: mpsc::UnboundedReceiver<Batch>,
         token: CancellationToken,
     ) {
         let mut open = true;
         let mut acks_flushed = Instant::now();
+        // Made once: a timer reset and a cancellation waiter per pass cost more than the pass.
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(far()));
+        let mut armed: Option<Instant> = None;
+        let mut cancelled = std::pin::pin!(token.cancelled());
         loop {
-            let wake = self.pump();
+            let now = Instant::now();
+            let wake = self.pump(now);
+            self.settle_done();
             // Delivery marks: one write per ACK_FLUSH under load, at once when idle.
-            if acks_flushed.elapsed() >= ACK_FLUSH || (self.in_flight == 0 && rx.is_empty()) {
+            if now.duration_since(acks_flushed) >= ACK_FLUSH
+                || (self.running.is_empty() && rx.is_empty())
+            {
                 self.spool.flush_acks();
-                acks_flushed = Instant::now();
+                acks_flushed = now;
             }
-            let sleep = tokio::time::sleep_until(
-                wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-            );
+            if wake != armed {
+                sleep.as_mut().reset(wake.unwrap_or_else(far));
+                armed = wake;
+            }
             tokio::select! {
                 biased;
-                _ = token.cancelled() => break,
-                Some(d) = self.done_rx.recv() => {
+                _ = &mut cancelled => break,
+                Some(d) = self.running.next(), if !self.running.is_empty() => {
                     self.finish(d);
-                    while let Ok(d) = self.done_rx.try_recv() {
+                    while let Some(Some(d)) = self.running.next().now_or_never() {
                         self.finish(d);
                     }
                 }
-                q = rx.recv(), if open => match q {
-                    Some(q) => {
-                        self.enqueue(q);
-                        for _ in 0..1024 {
+                b = rx.recv(), if open => match b {
+                    Some(b) => {
+                        self.enqueue(b);
+                        for _ in 0..64 {
                             match rx.try_recv() {
-                                Ok(q) => self.enqueue(q),
+                                Ok(b) => self.enqueue(b),
                                 Err(_) => break,
                             }
                         }
                     }
                     None => open = false,
                 },
-                _ = sleep => {}
+                _ = &mut sleep => {
+                    sleep.as_mut().reset(far());
+                    armed = None;
+                }
             }
         }
         // Let attempts in flight finish, so what they delivered is not sent again next start.
         let bound = Instant::now() + self.gw.settings.shutdown_timeout;
-        while self.in_flight > 0 {
-            match tokio::time::timeout_at(bound, self.done_rx.recv()).await {
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(bound, self.running.next()).await {
                 Ok(Some(d)) => self.finish(d),
                 _ => break,
             }
         }
+        self.settle_done();
         self.spool.flush_acks();
     }
 
-    fn enqueue(&mut self, q: Queued) {
-        let lane = self.lanes.entry(q.record.upstream.clone()).or_default();
-        lane.ready.push_back(Item { q, attempts: 0 });
+    fn enqueue(&mut self, batch: Batch) {
+        for q in batch {
+            let i = match self
+                .lanes
+                .iter()
+                .position(|l| *l.name == *q.record.upstream)
+            {
+                Some(i) => i,
+                None => {
+                    self.lanes.push(Lane::new(&q.record.upstream));
+                    self.rules = None; // look its upstream up
+                    self.lanes.len() - 1
+                }
+            };
+            self.lanes[i].ready.push_back(Item { q, attempts: 0 });
+        }
     }
 
     /// Starts every attempt that may start now; returns when to look again.
-    fn pump(&mut self) -> Option<Instant> {
-        let now = Instant::now();
+    fn pump(&mut self, now: Instant) -> Option<Instant> {
+        if self
+            .lanes
+            .iter()
+            .all(|l| l.ready.is_empty() && l.waiting.is_empty())
+        {
+            return None;
+        }
         let rules = self.gw.rules();
-        let limit = self.gw.settings.delivery.concurrency.max(1);
+        if !self.rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, &rules)) {
+            // New rules (or a new lane): upstreams by name, once per reload.
+            for lane in &mut self.lanes {
+                lane.up = rules
+                    .upstreams
+                    .iter()
+                    .find(|u| *u.name == *lane.name)
+                    .map(|u| Arc::new(u.clone()));
+            }
+            self.rules = Some(rules);
+        }
+        let limit = self.limit;
         let max_age = self.gw.settings.delivery.max_age.as_millis() as u64;
+        let now_ms = now_ms();
         let mut wake: Option<Instant> = None;
         let mut dead = Vec::new();
-        let mut sends = Vec::new();
-        for (name, lane) in self.lanes.iter_mut() {
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
             while lane.waiting.peek().is_some_and(|w| w.0.due <= now) {
                 if let Some(Reverse(w)) = lane.waiting.pop() {
                     lane.ready.push_back(w.item);
@@ -182,12 +259,11 @@ impl Dispatcher {
                 Some(_) => usize::from(!lane.probing && lane.in_flight == 0),
                 None => limit.saturating_sub(lane.in_flight),
             };
-            let up = rules.upstreams.iter().position(|u| &u.name == name);
             for _ in 0..cap {
                 let Some(item) = lane.ready.pop_front() else {
                     break;
                 };
-                let age = now_ms().saturating_sub(item.q.record.accepted_ms);
+                let age = now_ms.saturating_sub(item.q.record.accepted_ms);
                 if age > max_age {
                     dead.push((
                         item,
@@ -199,13 +275,14 @@ impl Dispatcher {
                     ));
                     continue;
                 }
-                let Some(up) = up else {
+                let Some(up) = lane.up.clone() else {
                     dead.push((
                         item,
                         Outcome::Dead {
                             reason: "no_upstream",
                             why: format!(
-                                "upstream {name:?} is no longer in the rules (removed by a reload)"
+                                "upstream {:?} is no longer in the rules (removed by a reload)",
+                                lane.name
                             ),
                             status: None,
                         },
@@ -216,20 +293,15 @@ impl Dispatcher {
                     lane.probing = true;
                 }
                 lane.in_flight += 1;
-                sends.push((name.clone(), up, item));
+                let client = self.client.clone();
+                self.running.push(Box::pin(async move {
+                    let outcome = attempt(&client, &up, &item.q.record.out).await;
+                    (i, item, outcome)
+                }));
             }
             if let Some(t) = lane.next_wake(now).filter(|_| lane.in_flight < limit) {
                 wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
             }
-        }
-        self.in_flight += sends.len();
-        for (name, up, item) in sends {
-            let (client, rules, tx) = (self.client.clone(), rules.clone(), self.done_tx.clone());
-            let out = item.q.record.out.clone();
-            tokio::spawn(async move {
-                let outcome = attempt(&client, &rules, up, out).await;
-                let _ = tx.send((name, item, outcome));
-            });
         }
         for (item, outcome) in dead {
             self.settle(item, outcome);
@@ -237,14 +309,22 @@ impl Dispatcher {
         wake
     }
 
+    /// Marks the records settled since the last call as done in the spool.
+    fn settle_done(&mut self) {
+        if !self.settled.is_empty() {
+            self.spool.done(&self.settled);
+            self.settled.clear();
+        }
+    }
+
     /// An attempt came back.
-    fn finish(&mut self, (name, mut item, outcome): Done) {
-        self.in_flight -= 1;
+    fn finish(&mut self, (i, mut item, outcome): Done) {
         let d = &self.gw.settings.delivery;
         let m = self.spool.metrics();
-        let Some(lane) = self.lanes.get_mut(&name) else {
+        let Some(lane) = self.lanes.get_mut(i) else {
             return;
         };
+        let name = lane.name.clone();
         lane.in_flight -= 1;
         let was_probe = std::mem::take(&mut lane.probing);
         match outcome {
@@ -303,7 +383,7 @@ impl Dispatcher {
     }
 
     /// A record is done with: delivered, or dead-lettered.
-    fn settle(&self, item: Item, outcome: Outcome) {
+    fn settle(&mut self, item: Item, outcome: Outcome) {
         let m = self.spool.metrics();
         match outcome {
             Outcome::Delivered(status) => {
@@ -330,7 +410,7 @@ impl Dispatcher {
             }
             Outcome::Retry { .. } => return,
         }
-        self.spool.done(item.q.loc);
+        self.settled.push(item.q.loc);
     }
 }
 

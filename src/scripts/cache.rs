@@ -206,6 +206,17 @@ impl ScriptCache {
         self.shared.lock().bytes
     }
 
+    /// Host variants held now, across all scripts (a variant's bytes change when its final
+    /// br encoding replaces the first one in the background; their number does not).
+    pub fn variants(&self) -> usize {
+        self.shared
+            .lock()
+            .slots
+            .values()
+            .map(|s| s.variants.len())
+            .sum()
+    }
+
     /// Decides what a request for `key` does at `now`, counting it.
     pub fn plan(&self, key: &str, policy: &ScriptPolicy, now: Instant, m: &Metrics) -> Plan {
         let mut inner = self.shared.lock();

@@ -467,9 +467,15 @@ async fn a_burst_on_several_workers_makes_one_upstream_fetch() {
         .map(|_| fetch(&gw, "/gtag/js?id=G-1", &[("accept-encoding", "br")]))
         .collect();
     let replies = futures_util::future::join_all(burst).await;
+    // The same script for all; its br bytes may differ, when the final br encoding replaced
+    // the first one in the background while the burst was answered.
+    let text = |r: &Reply| match r.header("content-encoding") {
+        Some("br") => unbrotli(&r.body),
+        _ => String::from_utf8_lossy(&r.body).into_owned(),
+    };
     for r in &replies {
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, replies[0].body);
+        assert_eq!(text(r), text(&replies[0]));
     }
     assert_eq!(mock.count(), 1);
 }
@@ -699,7 +705,7 @@ async fn unlisted_query_parameters_never_reach_the_vendor_nor_the_cache_key() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("tagway-cache"), Some("miss"));
     assert_eq!(mock.seen()[0].uri.to_string(), "/gtag/js?id=G-1&l=dl");
-    let bytes = gw.gw.scripts.bytes();
+    assert_eq!(gw.gw.scripts.variants(), 1);
 
     for buster in ["x=2", "cb=123456", "id=G-1&l=dl&_=9", "gtm_auth=z"] {
         let r = fetch(&gw, &format!("/gtag/js?id=G-1&{buster}&l=dl"), &[]).await;
@@ -708,7 +714,7 @@ async fn unlisted_query_parameters_never_reach_the_vendor_nor_the_cache_key() {
     let escaped = fetch(&gw, "/gtag/js?l=dl&id=G%2D1", &[]).await;
     assert_eq!(escaped.header("tagway-cache"), Some("hit"));
     assert_eq!(mock.count(), 1);
-    assert_eq!(gw.gw.scripts.bytes(), bytes, "no new cache entry");
+    assert_eq!(gw.gw.scripts.variants(), 1, "no new cache entry");
 
     // A route that lists no parameters sends none.
     let text = rules(
@@ -740,7 +746,7 @@ async fn made_up_host_ports_share_one_variant() {
     let first = fetch(&gw, "/gtag/js?id=G-1", &[("host", "localhost")]).await;
     assert!(first.text().contains("'https://localhost/g/collect'"));
     let etag = first.header("etag").unwrap().to_string();
-    let bytes = gw.gw.scripts.bytes();
+    assert_eq!(gw.gw.scripts.variants(), 1);
     for port in [1u16, 8080, 65535] {
         let host = format!("localhost:{port}");
         if port == gw.http.port() {
@@ -751,6 +757,7 @@ async fn made_up_host_ports_share_one_variant() {
         assert!(r.text().contains("'https://localhost/g/collect'"), "{host}");
         assert_eq!(r.header("etag"), Some(etag.as_str()), "{host}");
     }
-    assert_eq!(gw.gw.scripts.bytes(), bytes, "no variant per port");
+    // Counted, not measured in bytes: the variant's final br may land in the meantime.
+    assert_eq!(gw.gw.scripts.variants(), 1, "no variant per port");
     assert_eq!(mock.count(), 1);
 }

@@ -107,11 +107,17 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// The index of the first `&`, `=`, `%` or `+` in `b` from `i` (or `b.len()`), eight bytes
-/// at a time: the "has zero byte" bit trick only flags bytes above a true match, so the lowest
-/// flagged byte is the first match.
+/// The index of the first `&`, `=`, `%` or `+` in `b` from `i` (or `b.len()`).
 #[inline]
-fn next_special(b: &[u8], mut i: usize) -> usize {
+fn next_special(b: &[u8], i: usize) -> usize {
+    next_of(b, i, [b'&', b'=', b'%', b'+'])
+}
+
+/// The index of the first byte of `set` in `b` from `i` (or `b.len()`), eight bytes at a time:
+/// the "has zero byte" bit trick only flags bytes above a true match, so the lowest flagged
+/// byte is the first match. Matches here are a few bytes apart, too close for `memchr` to pay.
+#[inline(always)]
+fn next_of<const N: usize>(b: &[u8], mut i: usize, set: [u8; N]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     while let Some(&chunk) = b.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
         let x = u64::from_le_bytes(chunk);
@@ -119,12 +125,12 @@ fn next_special(b: &[u8], mut i: usize) -> usize {
             let y = x ^ (ONES * c as u64);
             y.wrapping_sub(ONES) & !y
         };
-        match (zero(b'&') | zero(b'=') | zero(b'%') | zero(b'+')) & (ONES * 0x80) {
+        match set.iter().fold(0, |acc, &c| acc | zero(c)) & (ONES * 0x80) {
             0 => i += 8,
             hit => return i + (hit.trailing_zeros() / 8) as usize,
         }
     }
-    while i < b.len() && CLASS[b[i] as usize] == 0 {
+    while i < b.len() && !set.contains(&b[i]) {
         i += 1;
     }
     i
@@ -167,7 +173,7 @@ fn unescape_flag<'s>(s: &'s str, plus: &mut bool) -> Cow<'s, str> {
                 i += 1;
             }
         }
-        let next = next_escape(b, i);
+        let next = next_of(b, i, [b'%', b'+']);
         out.extend_from_slice(&b[i..next]);
         i = next;
     }
@@ -175,28 +181,6 @@ fn unescape_flag<'s>(s: &'s str, plus: &mut bool) -> Cow<'s, str> {
         Ok(t) => Cow::Owned(t),
         Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
     }
-}
-
-/// The index of the next `%` or `+` from `i` (or `b.len()`), eight bytes at a time (see
-/// [`next_special`]; escapes in URLs are a few bytes apart, too close for `memchr` to pay).
-#[inline]
-fn next_escape(b: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    while let Some(&chunk) = b.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
-        let x = u64::from_le_bytes(chunk);
-        let zero = |c: u8| {
-            let y = x ^ (ONES * c as u64);
-            y.wrapping_sub(ONES) & !y
-        };
-        match (zero(b'%') | zero(b'+')) & (ONES * 0x80) {
-            0 => i += 8,
-            hit => return i + (hit.trailing_zeros() / 8) as usize,
-        }
-    }
-    while i < b.len() && !matches!(b[i], b'%' | b'+') {
-        i += 1;
-    }
-    i
 }
 
 const NOT_HEX: u8 = 0xFF;

@@ -199,8 +199,8 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            let targets = places.all(self, doc).to_vec();
-            scan::run(doc, s, key, &targets, &self.keys);
+            let targets = places.all(self, doc);
+            scan::run(doc, s, key, targets, &self.keys);
         }
         Outcome::Forward
     }
@@ -223,8 +223,8 @@ impl Program {
             }
         }
         if let Some(s) = &self.scan {
-            let targets = places.all(self, doc).to_vec();
-            scan::run(doc, s, key, &targets, &self.keys);
+            let targets = places.all(self, doc);
+            scan::run(doc, s, key, targets, &self.keys);
             after("personal-data scan", doc);
         }
         Outcome::Forward

@@ -22,7 +22,7 @@ pub fn encode(doc: &Doc<'_>) -> Encoded {
     if q.changed {
         if let Value::Obj(o) = &q.root {
             let mut s = String::with_capacity(doc.sizes.0 + doc.sizes.0 / 8 + 64);
-            query::encode(o, doc.query_spaces, &mut s, &nested_text);
+            query::encode(o, q.source, doc.query_spaces, &mut s, &nested_text);
             out.query = Some(s);
         }
     }
@@ -40,7 +40,7 @@ fn encode_body(doc: &Doc<'_>) -> String {
         Frame::Form(spaces) => {
             for p in body {
                 if let Value::Obj(o) = &p.root {
-                    query::encode(o, *spaces, &mut s, &nested_text);
+                    query::encode(o, p.source, *spaces, &mut s, &nested_text);
                 }
             }
         }
@@ -69,7 +69,7 @@ fn encode_body(doc: &Doc<'_>) -> String {
                 }
                 if let Value::Obj(o) = &p.root {
                     let sp = spaces.get(i).copied().unwrap_or_default();
-                    query::encode(o, sp, &mut s, &nested_text);
+                    query::encode(o, p.source, sp, &mut s, &nested_text);
                 }
             }
             if *trailing {

@@ -217,9 +217,9 @@ fn flatten_value(
     out: &mut Vec<(String, String)>,
 ) {
     match v {
-        Value::Str(s) => match &s.nested {
+        Value::Str(s) => match s.nested() {
             Some(n) => flatten_value(&n.root, &format!("{path}→"), false, true, out),
-            None => out.push((path.to_string(), s.text.to_string())),
+            None => out.push((path.to_string(), s.text().into_owned())),
         },
         Value::Lit(l) => out.push((path.to_string(), l.to_string())),
         Value::Obj(o) => {
@@ -274,7 +274,7 @@ pub fn read(doc: &Doc<'_>, sel: &crate::rules::select::Selector) -> Option<Strin
         })
         .find_map(|p| crate::rules::walk::first(&p.root, p.flat, sel))
         .map(|v| match v {
-            Value::Str(s) => s.text.to_string(),
+            Value::Str(s) => s.text().into_owned(),
             Value::Lit(l) => l.to_string(),
             other => crate::decode::json::to_string(other),
         })

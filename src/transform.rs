@@ -76,7 +76,7 @@ pub fn process(
         headers,
         client_ip,
         site: &rules.inputs,
-        tcf: Default::default(),
+        consent: Default::default(),
     };
     if let Some(ids) = &program.ids {
         if let Err(why) = ids.check(&mut doc, &program.keys) {

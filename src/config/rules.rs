@@ -185,11 +185,7 @@ impl Compiler {
                 Some(s) => self.replace_mode(t, s, None),
                 None => Replace::Placeholder(None),
             };
-            Some(Scan {
-                kinds,
-                exempt: selectors(self, &r.scan_exempt),
-                replace,
-            })
+            Some(Scan::new(kinds, selectors(self, &r.scan_exempt), replace))
         };
         let ids = self.id_check(t, r);
         Program {
@@ -201,6 +197,7 @@ impl Compiler {
             nested,
             ids,
             keys: Default::default(),
+            reads_consent: false,
         }
         .index_keys()
     }

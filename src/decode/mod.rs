@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-pub use value::{Arr, Entry, Nested, Obj, Str, Value, Wrap};
+pub use value::{Arr, Enc, Entry, Nested, Obj, Str, ThinVec, Value, Wrap};
 use wrap::Compression;
 
 /// How a route's body is parsed.
@@ -58,6 +58,9 @@ pub struct Part<'a> {
     /// paths into a JSON tree.
     pub flat: bool,
     pub root: Value<'a>,
+    /// The text a flat part was decoded from: its fields' raw keys and values are slices of
+    /// it, and the encoder copies runs of untouched fields from it in one piece.
+    pub source: &'a str,
     /// Set by the rules when anything in this part changed; unchanged parts are written back
     /// from the original bytes.
     pub changed: bool,
@@ -196,12 +199,14 @@ pub fn decode<'a>(
     codec: Codec,
 ) -> Result<Doc<'a>, DecodeError> {
     let (qobj, query_spaces) = query::decode(query);
-    let mut parts = vec![Part {
+    let mut parts = Vec::with_capacity(2);
+    parts.push(Part {
         origin: Origin::Query,
         flat: true,
         root: Value::Obj(qobj),
+        source: query,
         changed: false,
-    }];
+    });
     let body = &input.body[..];
     let ctype = content_type.unwrap_or("").to_ascii_lowercase();
     let codec = match codec {
@@ -219,11 +224,13 @@ pub fn decode<'a>(
         }
         _ if body.is_empty() => Frame::Empty,
         Codec::Form => {
-            let (obj, spaces) = query::decode(text(body)?);
+            let t = text(body)?;
+            let (obj, spaces) = query::decode(t);
             parts.push(Part {
                 origin: Origin::Body,
                 flat: true,
                 root: Value::Obj(obj),
+                source: t,
                 changed: false,
             });
             Frame::Form(spaces)
@@ -237,6 +244,7 @@ pub fn decode<'a>(
                 origin: Origin::Body,
                 flat: false,
                 root: json::parse(t)?,
+                source: t,
                 changed: false,
             });
             Frame::Json { lead, trail }
@@ -245,11 +253,13 @@ pub fn decode<'a>(
             // Boundaries are case-sensitive: read them from the header as sent.
             let boundary =
                 multipart::boundary(content_type.unwrap_or("")).ok_or(DecodeError::NoBoundary)?;
-            let (obj, layout) = multipart::decode(text(body)?, boundary)?;
+            let t = text(body)?;
+            let (obj, layout) = multipart::decode(t, boundary)?;
             parts.push(Part {
                 origin: Origin::Body,
                 flat: true,
                 root: Value::Obj(obj),
+                source: t,
                 changed: false,
             });
             Frame::Multipart {
@@ -270,6 +280,7 @@ pub fn decode<'a>(
                     origin: Origin::Line(i),
                     flat: true,
                     root: Value::Obj(obj),
+                    source: line,
                     changed: false,
                 });
             }
@@ -310,8 +321,12 @@ fn sniff(ctype: &str, body: &[u8]) -> Result<Codec, DecodeError> {
 /// Decodes the document inside a string field declared `nested`: plain JSON, or base64
 /// (standard or URL-safe) of JSON. Empty strings stay plain.
 pub fn decode_nested(field: &str, s: &mut Str<'_>) -> Result<(), DecodeError> {
-    let text = s.text.trim();
-    if text.is_empty() || s.nested.is_some() {
+    if s.has_nested() {
+        return Ok(());
+    }
+    let text = s.text();
+    let text = text.trim();
+    if text.is_empty() {
         return Ok(());
     }
     let nested_err = || DecodeError::Nested {
@@ -330,14 +345,14 @@ pub fn decode_nested(field: &str, s: &mut Str<'_>) -> Result<(), DecodeError> {
             json::parse(inner).map_err(|_| nested_err())?.into_owned(),
         )
     };
-    s.nested = Some(Box::new(Nested { wrap, root }));
+    s.set_nested(Nested { wrap, root });
     Ok(())
 }
 
 /// The text a string field carries when its nested document changed.
 pub fn nested_text(s: &Str<'_>) -> Option<String> {
-    let n = s.nested.as_ref()?;
-    if s.raw.is_some() {
+    let n = s.nested()?;
+    if !s.is_changed() {
         return None;
     }
     let inner = json::to_string(&n.root);
@@ -345,15 +360,4 @@ pub fn nested_text(s: &Str<'_>) -> Option<String> {
         Wrap::Plain => inner,
         w => wrap::base64_encode(inner.as_bytes(), w),
     })
-}
-
-/// Text of the first value under a flat key, in any part (query first).
-pub fn first_flat<'d>(doc: &'d Doc<'_>, key: &str) -> Option<Cow<'d, str>> {
-    doc.parts
-        .iter()
-        .filter(|p| p.flat)
-        .find_map(|p| match &p.root {
-            Value::Obj(o) => o.get(key).and_then(|v| v.as_str()).map(Cow::Borrowed),
-            _ => None,
-        })
 }

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::value::{Entry, Obj, Str, Value};
+use super::value::{Enc, Entry, Obj, Str, ThinVec, Value};
 
 /// How spaces were written in the original (and are written in changed values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,35 +20,33 @@ pub enum Spaces {
 /// Decodes `a=1&b=2` into an object. `+` is read as a space, as browsers' URLSearchParams do.
 /// Never fails: malformed escapes are kept as text.
 ///
-/// This runs for every hit, so it is one pass over the bytes with a class table: pairs are
-/// split at `&` and `=`, and only components that contain `%` or `+` are copied and
-/// unescaped.
+/// This runs for every hit, so it is one pass over the bytes: pairs are split at `&` and `=`,
+/// keys with escapes are unescaped (rules match on them), and values are left as they are,
+/// marked [`Enc::Percent`] when they hold `%` or `+`, to be unescaped only if something reads
+/// them.
 pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
     let b = s.as_bytes();
     if b.is_empty() {
         // No query at all: no fields (not one field with an empty name).
-        return (
-            Obj {
-                entries: Vec::new(),
-                raw: None,
-                source: Some(s),
-            },
-            Spaces::Percent,
-        );
+        return (Obj::default(), Spaces::Percent);
     }
-    let mut entries = Vec::with_capacity(memchr::memchr_iter(b'&', b).count() + 1);
+    let mut entries = ThinVec::with_capacity(memchr::memchr_iter(b'&', b).count() + 1);
     let mut plus = false;
     let mut start = 0;
     loop {
         // One pair: up to the next `&`, noting the first `=` and any escapes on either side.
-        let (mut i, mut eq, mut esc) = (start, usize::MAX, [false; 2]);
+        let (mut i, mut eq, mut key_esc, mut val_esc) = (start, usize::MAX, false, false);
         loop {
             i = next_special(b, i);
-            match b.get(i).map(|&c| CLASS[c as usize]) {
-                None | Some(AMP) => break,
-                Some(EQ) if eq == usize::MAX => eq = i,
-                Some(EQ) => {}
-                Some(_) => esc[(eq != usize::MAX) as usize] = true,
+            match b.get(i) {
+                None | Some(b'&') => break,
+                Some(b'=') if eq == usize::MAX => eq = i,
+                Some(b'=') => {}
+                Some(_) if eq == usize::MAX => key_esc = true,
+                Some(&c) => {
+                    val_esc = true;
+                    plus |= c == b'+';
+                }
             }
             i += 1;
         }
@@ -59,53 +57,29 @@ pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
         } else {
             (&s[start..eq], &s[eq + 1..i], false)
         };
-        // Pushed borrowed, then fixed up: building the entry from branch-dependent parts made
-        // the compiler stage it on the stack and copy it (a store-forwarding stall per field).
+        let key = if key_esc {
+            unescape(k)
+        } else {
+            Cow::Borrowed(k)
+        };
+        let enc = if val_esc { Enc::Percent } else { Enc::Plain };
         entries.push(Entry {
-            key: Cow::Borrowed(k),
+            key,
             raw_key: Some(k),
-            value: Value::Str(Str::decoded(Cow::Borrowed(v), v)),
-            bare,
+            value: Value::Str(Str::encoded(v, enc)),
             class: 0,
+            bare,
         });
-        if esc[0] | esc[1] {
-            if let Some(e) = entries.last_mut() {
-                if esc[0] {
-                    e.key = unescape_flag(k, &mut false);
-                }
-                if let (true, Value::Str(t)) = (esc[1], &mut e.value) {
-                    t.text = unescape_flag(v, &mut plus);
-                }
-            }
-        }
         if i >= b.len() {
             break;
         }
         start = i + 1;
     }
     (
-        Obj {
-            entries,
-            raw: None,
-            source: Some(s),
-        },
+        Obj { entries, raw: None },
         if plus { Spaces::Plus } else { Spaces::Percent },
     )
 }
-
-const AMP: u8 = 1;
-const EQ: u8 = 2;
-const ESC: u8 = 3;
-
-/// Byte classes for [`decode`]: 0 for the bytes that need no attention.
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    t[b'&' as usize] = AMP;
-    t[b'=' as usize] = EQ;
-    t[b'%' as usize] = ESC;
-    t[b'+' as usize] = ESC;
-    t
-};
 
 /// The index of the first `&`, `=`, `%` or `+` in `b` from `i` (or `b.len()`).
 #[inline]
@@ -139,47 +113,61 @@ fn next_of<const N: usize>(b: &[u8], mut i: usize, set: [u8; N]) -> usize {
 /// Percent-decodes one component (`+` as space); borrows when there is nothing to decode.
 /// Invalid escapes stay as written; bytes that are not UTF-8 after decoding become U+FFFD.
 pub fn unescape(s: &str) -> Cow<'_, str> {
-    unescape_flag(s, &mut false)
+    if memchr::memchr2(b'%', b'+', s.as_bytes()).is_none() {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    unescape_into(s, &mut out);
+    Cow::Owned(out)
 }
 
-/// [`unescape`], also noting whether a `+` was seen.
-///
-/// Runs between escapes are copied whole (found with `memchr2`), so a long URL with a few
-/// escapes costs a few copies, not a branch per byte.
-fn unescape_flag<'s>(s: &'s str, plus: &mut bool) -> Cow<'s, str> {
-    let b = s.as_bytes();
-    let Some(first) = memchr::memchr2(b'%', b'+', b) else {
-        return Cow::Borrowed(s);
-    };
-    let mut out = Vec::with_capacity(b.len());
-    out.extend_from_slice(&b[..first]);
-    let mut i = first;
-    while i < b.len() {
-        if b[i] == b'+' {
-            out.push(b' ');
-            *plus = true;
-            i += 1;
-        } else {
-            // `%`: two hex digits make a byte; anything else stays as written.
-            let (h, l) = match b.get(i + 1..i + 3) {
-                Some(&[h, l]) => (HEX_VAL[h as usize], HEX_VAL[l as usize]),
-                _ => (NOT_HEX, NOT_HEX),
-            };
-            if h != NOT_HEX && l != NOT_HEX {
-                out.push(h << 4 | l);
-                i += 3;
-            } else {
-                out.push(b'%');
-                i += 1;
-            }
+/// Appends `s` percent-decoded to `out` (as [`unescape`]).
+pub fn unescape_into(s: &str, out: &mut String) {
+    let start = out.len();
+    let mut bytes = std::mem::take(out).into_bytes();
+    unescape_bytes(s.as_bytes(), &mut bytes);
+    *out = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut t = String::from_utf8_lossy(&bytes[..start]).into_owned();
+            t.push_str(&String::from_utf8_lossy(&bytes[start..]));
+            t
         }
+    };
+}
+
+/// The bytes of `b` percent-decoded onto `out`. Runs between escapes are copied whole (found
+/// eight bytes at a time), so a long URL with a few escapes costs a few copies, not a branch
+/// per byte.
+fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) {
+    out.reserve(b.len());
+    let mut i = 0;
+    while i < b.len() {
         let next = next_of(b, i, [b'%', b'+']);
         out.extend_from_slice(&b[i..next]);
         i = next;
-    }
-    match String::from_utf8(out) {
-        Ok(t) => Cow::Owned(t),
-        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        match b.get(i) {
+            None => break,
+            Some(b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            Some(_) => {
+                // `%`: two hex digits make a byte; anything else stays as written.
+                let (h, l) = match b.get(i + 1..i + 3) {
+                    Some(&[h, l]) => (HEX_VAL[h as usize], HEX_VAL[l as usize]),
+                    _ => (NOT_HEX, NOT_HEX),
+                };
+                if h != NOT_HEX && l != NOT_HEX {
+                    out.push(h << 4 | l);
+                    i += 3;
+                } else {
+                    out.push(b'%');
+                    i += 1;
+                }
+            }
+        }
     }
 }
 
@@ -259,30 +247,32 @@ const ESCAPES: &str = {
     }
 };
 
-/// Encodes an object as `key=value&…`; `nested` encodes string fields that carry a document.
+/// Encodes an object as `key=value&…`; `source` is the text it was decoded from (its
+/// untouched pairs are slices of it); `nested` encodes string fields that carry a document.
 ///
 /// Untouched pairs are written from the original text; runs of consecutive untouched pairs
-/// are copied from the decoded source in one piece (a GA4 hit is mostly such a run).
+/// are copied from the source in one piece (a GA4 hit is mostly such a run).
 pub fn encode(
     obj: &Obj<'_>,
+    source: &str,
     spaces: Spaces,
     out: &mut String,
     nested: &dyn Fn(&Str<'_>) -> Option<String>,
 ) {
     let mut first = true;
-    // Byte range in `obj.source` of untouched pairs not yet written.
+    // Byte range in `source` of untouched pairs not yet written.
     let mut run: Option<(usize, usize)> = None;
     let flush = |out: &mut String, run: &mut Option<(usize, usize)>, first: &mut bool| {
-        if let (Some((a, b)), Some(src)) = (run.take(), obj.source) {
+        if let Some((a, b)) = run.take() {
             if !*first {
                 out.push('&');
             }
             *first = false;
-            out.push_str(&src[a..b]);
+            out.push_str(&source[a..b]);
         }
     };
     for e in &obj.entries {
-        if let Some(span) = obj.source.and_then(|src| untouched_span(e, src)) {
+        if let Some(span) = untouched_span(e, source) {
             match run {
                 Some((a, b)) if span.0 == b + 1 => run = Some((a, span.1)),
                 _ => {
@@ -306,10 +296,10 @@ pub fn encode(
         }
         out.push('=');
         match &e.value {
-            Value::Str(s) => match (s.raw, nested(s)) {
+            Value::Str(s) => match (s.raw(), nested(s)) {
                 (_, Some(n)) => escape_into(out, &n, spaces),
                 (Some(raw), None) => out.push_str(raw),
-                (None, None) => escape_into(out, &s.text, spaces),
+                (None, None) => escape_into(out, &s.text(), spaces),
             },
             Value::Lit(l) => escape_into(out, l, spaces),
             // A structured value in a flat format: written as JSON text.
@@ -323,10 +313,12 @@ pub fn encode(
 /// there. Found by address: the pair's raw key and value are slices of `src`.
 fn untouched_span(e: &Entry<'_>, src: &str) -> Option<(usize, usize)> {
     let k = e.raw_key?;
-    let end = match &e.value {
-        Value::Str(Str { raw: Some(v), .. }) if !e.bare => offset(src, v)? + v.len(),
-        Value::Str(Str { raw: Some(_), .. }) if e.bare => offset(src, k)? + k.len(),
-        _ => return None,
+    let Value::Str(s) = &e.value else { return None };
+    let v = s.raw()?;
+    let end = if e.bare {
+        offset(src, k)? + k.len()
+    } else {
+        offset(src, v)? + v.len()
     };
     Some((offset(src, k)?, end))
 }
@@ -344,7 +336,7 @@ mod tests {
     fn roundtrip(s: &str) -> String {
         let (obj, spaces) = decode(s);
         let mut out = String::new();
-        encode(&obj, spaces, &mut out, &|_| None);
+        encode(&obj, s, spaces, &mut out, &|_| None);
         out
     }
 
@@ -377,27 +369,27 @@ mod tests {
 
     #[test]
     fn decoding_and_changed_values() {
-        let (mut obj, spaces) =
-            decode("dl=https%3A%2F%2Fs.example%2F%3Fa%3D1&en=page_view&q=a+b&k");
+        let src = "dl=https%3A%2F%2Fs.example%2F%3Fa%3D1&en=page_view&q=a+b&k";
+        let (mut obj, spaces) = decode(src);
         assert_eq!(
-            obj.get("dl").unwrap().as_str(),
-            Some("https://s.example/?a=1")
+            obj.get("dl").unwrap().as_str().unwrap(),
+            "https://s.example/?a=1"
         );
-        assert_eq!(obj.get("q").unwrap().as_str(), Some("a b"));
+        assert_eq!(obj.get("q").unwrap().as_str().unwrap(), "a b");
         assert!(obj.entries[3].bare);
         assert_eq!(spaces, Spaces::Plus);
         if let Some(Value::Str(s)) = obj.get_mut("dl") {
             s.set("https://s.example/ x");
         }
         let mut out = String::new();
-        encode(&obj, Spaces::Percent, &mut out, &|_| None);
+        encode(&obj, src, Spaces::Percent, &mut out, &|_| None);
         assert_eq!(
             out,
             "dl=https%3A%2F%2Fs.example%2F%20x&en=page_view&q=a+b&k"
         );
         obj.set(Cow::Borrowed("_uip"), Value::str("203.0.113.0"));
         let mut out = String::new();
-        encode(&obj, Spaces::Percent, &mut out, &|_| None);
+        encode(&obj, src, Spaces::Percent, &mut out, &|_| None);
         assert!(out.ends_with("&k&_uip=203.0.113.0"), "{out}");
     }
 
@@ -440,7 +432,7 @@ mod tests {
                 s.set("X Y");
             }
             let mut out = String::new();
-            encode(&obj, spaces, &mut out, &|_| None);
+            encode(&obj, &q, spaces, &mut out, &|_| None);
             let before: Vec<&str> = q.split('&').collect();
             let after: Vec<&str> = out.split('&').collect();
             proptest::prop_assert_eq!(before.len(), after.len());

@@ -4,9 +4,18 @@
 //!
 //! Every node remembers the exact text it was decoded from (`raw`). Encoders write that text
 //! back for anything no rule changed, which is how untouched fields stay byte-identical in
-//! their original order; a change clears `raw` on the node and on every container above it.
+//! their original order; a change marks the node and every container above it.
+//!
+//! Nodes are small and decoded lazily, because a GA4 hit is ~60 of them and the whole budget
+//! for decoding, rules, scan and encoding is a few microseconds: a string keeps only its
+//! encoded text and how it is encoded ([`Enc`]), and its decoded text is made when something
+//! reads it ([`Str::text`], or [`Str::text_in`] into a reused buffer). A percent-encoded value
+//! that no rule names and the scan exempts is never unescaped at all. Containers hold their
+//! members in a one-word [`ThinVec`], so that any node is 32 bytes.
 
 use std::borrow::Cow;
+
+pub use thin_vec::ThinVec;
 
 /// A node of a decoded payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,19 +27,42 @@ pub enum Value<'a> {
     Arr(Arr<'a>),
 }
 
+/// How a string's `raw` text holds its decoded text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enc {
+    /// `raw` is the text (a query value without escapes, a multipart part body).
+    Plain,
+    /// `raw` is percent-encoded (`%XX`, `+` for a space): unescaped when read.
+    Percent,
+    /// `raw` is a JSON string literal without escapes: the text is between its quotes.
+    Quoted,
+    /// The text is held decoded beside `raw` (a JSON literal with escapes, a document's
+    /// string made owned) or was written by a rule.
+    Held,
+}
+
 /// A string leaf.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Str<'a> {
-    /// The decoded text.
-    pub text: Cow<'a, str>,
-    /// The encoded form it was decoded from (percent-encoded query value, JSON string literal
-    /// with its quotes, multipart part body); `None` once changed.
-    pub raw: Option<&'a str>,
-    /// A document carried inside this string (JSON, or base64 of JSON), when the route says
-    /// this field holds one. Rules reach into it; the encoder writes it back into the string.
-    pub nested: Option<Box<Nested<'a>>>,
-    /// Written by a rule (hash, set, truncate_ip): the personal-data scan leaves it alone.
+    /// The encoded form as received (percent-encoded query value, JSON string literal with its
+    /// quotes, multipart part body). Not written back once `changed`.
+    raw: &'a str,
+    /// What few strings need: held text, a nested document. One pointer for all of it.
+    extra: Option<Box<Extra<'a>>>,
+    enc: Enc,
+    /// The string must be encoded afresh (its text was replaced, or its nested document
+    /// changed).
+    changed: bool,
+    /// Written by a rule (hash, set, truncate_ip) or exempt: the personal-data scan leaves it
+    /// alone.
     pub trusted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Extra<'a> {
+    /// The decoded text when `enc` is [`Enc::Held`].
+    text: String,
+    nested: Option<Nested<'a>>,
 }
 
 /// How a nested document is wrapped inside its string.
@@ -55,13 +87,10 @@ pub struct Nested<'a> {
 /// Keys may repeat (query strings allow it).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Obj<'a> {
-    pub entries: Vec<Entry<'a>>,
-    /// The object's exact text (JSON only); `None` once anything inside changed.
+    pub entries: ThinVec<Entry<'a>>,
+    /// The object's exact text (JSON only); `None` once anything inside changed. A flat part's
+    /// source text is kept on its [`Part`](super::Part).
     pub raw: Option<&'a str>,
-    /// The text a query string or form was decoded from (its entries' raw keys and values are
-    /// slices of it). Stays set after changes: the encoder copies runs of untouched pairs
-    /// from it in one piece.
-    pub source: Option<&'a str>,
 }
 
 /// One field of an object.
@@ -73,62 +102,187 @@ pub struct Entry<'a> {
     /// or added.
     pub raw_key: Option<&'a str>,
     pub value: Value<'a>,
+    /// Which of the running program's key patterns match `key` (`rules::keys`); 0 until
+    /// classified, and again after the key changes.
+    pub class: u64,
     /// A query-string key without `=` (`…&debug&…`).
     pub bare: bool,
-    /// Which of the running program's key patterns match `key` (`rules::keys`); 0 until a
-    /// rule first looks, and again after the key changes.
-    pub class: u64,
 }
 
 /// An array (JSON only).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Arr<'a> {
-    pub items: Vec<Value<'a>>,
+    pub items: ThinVec<Value<'a>>,
     pub raw: Option<&'a str>,
 }
 
 impl<'a> Str<'a> {
-    /// A string decoded from `raw`.
-    pub fn decoded(text: Cow<'a, str>, raw: &'a str) -> Self {
+    /// A string received as `raw`, encoded as `enc` (not [`Enc::Held`]: see [`Str::held`]).
+    #[inline(always)]
+    pub fn encoded(raw: &'a str, enc: Enc) -> Self {
         Str {
-            text,
-            raw: Some(raw),
-            nested: None,
+            raw,
+            extra: None,
+            enc,
+            changed: false,
+            trusted: false,
+        }
+    }
+
+    /// A string received as `raw` whose decoded text is `text`.
+    pub fn held(raw: &'a str, text: String) -> Self {
+        Str {
+            raw,
+            extra: Some(Box::new(Extra { text, nested: None })),
+            enc: Enc::Held,
+            changed: false,
             trusted: false,
         }
     }
 
     /// A new string written by a rule.
-    pub fn written(text: impl Into<Cow<'a, str>>) -> Self {
+    pub fn written(text: impl Into<String>) -> Self {
         Str {
-            text: text.into(),
-            raw: None,
-            nested: None,
+            raw: "",
+            extra: Some(Box::new(Extra {
+                text: text.into(),
+                nested: None,
+            })),
+            enc: Enc::Held,
+            changed: true,
             trusted: true,
         }
     }
 
-    /// Replaces the text (the node now has to be encoded afresh).
-    pub fn set(&mut self, text: impl Into<Cow<'a, str>>) {
-        self.text = text.into();
-        self.raw = None;
-        self.nested = None;
+    /// The decoded text; borrowed unless it has to be unescaped.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self.enc {
+            Enc::Plain => Cow::Borrowed(self.raw),
+            Enc::Quoted => Cow::Borrowed(unquote(self.raw)),
+            Enc::Percent => super::query::unescape(self.raw),
+            Enc::Held => Cow::Borrowed(self.extra.as_ref().map_or("", |x| &x.text)),
+        }
+    }
+
+    /// The decoded text, unescaped into `buf` when it has to be: for readers of every value
+    /// (the scan), which would otherwise allocate per escaped value.
+    #[inline]
+    pub fn text_in<'s>(&'s self, buf: &'s mut String) -> &'s str {
+        match self.enc {
+            Enc::Plain => self.raw,
+            Enc::Quoted => unquote(self.raw),
+            Enc::Percent => {
+                buf.clear();
+                super::query::unescape_into(self.raw, buf);
+                buf
+            }
+            Enc::Held => self.extra.as_ref().map_or("", |x| &x.text),
+        }
+    }
+
+    /// The decoded text, or `None` when reading it means unescaping (callers that only look
+    /// at plain values, like consent strings, then take the slow way).
+    #[inline]
+    pub fn text_borrowed(&self) -> Option<&str> {
+        match self.enc {
+            Enc::Plain => Some(self.raw),
+            Enc::Quoted => Some(unquote(self.raw)),
+            Enc::Percent => None,
+            Enc::Held => Some(self.extra.as_ref().map_or("", |x| &x.text)),
+        }
+    }
+
+    /// The text as received, while the string is unchanged.
+    #[inline]
+    pub fn raw(&self) -> Option<&'a str> {
+        (!self.changed).then_some(self.raw)
+    }
+
+    /// How `raw` holds the text.
+    pub fn enc(&self) -> Enc {
+        self.enc
+    }
+
+    /// Replaces the text (the node now has to be encoded afresh; a nested document is gone).
+    pub fn set(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        match &mut self.extra {
+            Some(x) => {
+                x.text = text;
+                x.nested = None;
+            }
+            None => {
+                self.extra = Some(Box::new(Extra { text, nested: None }));
+            }
+        }
+        self.enc = Enc::Held;
+        self.changed = true;
+    }
+
+    /// Marks the string as changed without replacing its text (its nested document changed).
+    pub fn touch(&mut self) {
+        self.changed = true;
     }
 
     pub fn is_changed(&self) -> bool {
-        self.raw.is_none()
+        self.changed
+    }
+
+    /// The document this string carries, when the route declares it `nested`.
+    #[inline]
+    pub fn nested(&self) -> Option<&Nested<'a>> {
+        self.extra.as_ref()?.nested.as_ref()
+    }
+
+    #[inline]
+    pub fn nested_mut(&mut self) -> Option<&mut Nested<'a>> {
+        self.extra.as_mut()?.nested.as_mut()
+    }
+
+    /// Whether the string carries a nested document.
+    #[inline(always)]
+    pub fn has_nested(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.nested.is_some())
+    }
+
+    /// Attaches the document decoded from this string's text.
+    pub fn set_nested(&mut self, n: Nested<'a>) {
+        self.extra.get_or_insert_with(Default::default).nested = Some(n);
+    }
+
+    /// The same string with nothing borrowed (its text held, to be encoded afresh).
+    pub fn into_owned(self) -> Str<'static> {
+        let text = self.text().into_owned();
+        let nested = self.extra.and_then(|x| x.nested).map(|n| Nested {
+            wrap: n.wrap,
+            root: n.root.into_owned(),
+        });
+        Str {
+            raw: "",
+            extra: Some(Box::new(Extra { text, nested })),
+            enc: Enc::Held,
+            changed: true,
+            trusted: self.trusted,
+        }
     }
 }
 
+/// The text between a JSON literal's quotes.
+#[inline(always)]
+fn unquote(raw: &str) -> &str {
+    raw.get(1..raw.len().saturating_sub(1)).unwrap_or("")
+}
+
 impl<'a> Value<'a> {
-    pub fn str(text: impl Into<Cow<'a, str>>) -> Self {
+    pub fn str(text: impl Into<String>) -> Self {
         Value::Str(Str::written(text))
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    /// A string's decoded text or a literal's text.
+    pub fn as_str(&self) -> Option<Cow<'_, str>> {
         match self {
-            Value::Str(s) => Some(&s.text),
-            Value::Lit(l) => Some(l),
+            Value::Str(s) => Some(s.text()),
+            Value::Lit(l) => Some(Cow::Borrowed(l)),
             _ => None,
         }
     }
@@ -136,19 +290,19 @@ impl<'a> Value<'a> {
     /// Whether this node (or anything in it) must be encoded afresh.
     pub fn is_changed(&self) -> bool {
         match self {
-            Value::Str(s) => s.raw.is_none(),
+            Value::Str(s) => s.changed,
             Value::Lit(_) => false,
             Value::Obj(o) => o.raw.is_none(),
             Value::Arr(a) => a.raw.is_none(),
         }
     }
 
-    /// Forgets the original text of this container so that it is re-encoded from its parts.
+    /// Forgets the original text of this node so that it is re-encoded from its parts.
     pub fn touch(&mut self) {
         match self {
             Value::Obj(o) => o.raw = None,
             Value::Arr(a) => a.raw = None,
-            Value::Str(s) => s.raw = None,
+            Value::Str(s) => s.changed = true,
             Value::Lit(_) => {}
         }
     }
@@ -157,17 +311,7 @@ impl<'a> Value<'a> {
     /// that does not outlive them, such as a base64 field).
     pub fn into_owned(self) -> Value<'static> {
         match self {
-            Value::Str(s) => Value::Str(Str {
-                text: Cow::Owned(s.text.into_owned()),
-                raw: None,
-                nested: s.nested.map(|n| {
-                    Box::new(Nested {
-                        wrap: n.wrap,
-                        root: n.root.into_owned(),
-                    })
-                }),
-                trusted: s.trusted,
-            }),
+            Value::Str(s) => Value::Str(s.into_owned()),
             Value::Lit(l) => Value::Lit(Cow::Owned(l.into_owned())),
             Value::Obj(o) => Value::Obj(Obj {
                 entries: o
@@ -177,32 +321,16 @@ impl<'a> Value<'a> {
                         key: Cow::Owned(e.key.into_owned()),
                         raw_key: None,
                         value: e.value.into_owned(),
-                        bare: e.bare,
                         class: 0,
+                        bare: e.bare,
                     })
                     .collect(),
                 raw: None,
-                source: None,
             }),
             Value::Arr(a) => Value::Arr(Arr {
                 items: a.items.into_iter().map(Value::into_owned).collect(),
                 raw: None,
             }),
-        }
-    }
-
-    /// Calls `f` on every string leaf, depth first, with its path of keys.
-    pub fn for_each_str(&self, f: &mut dyn FnMut(&Str<'a>)) {
-        match self {
-            Value::Str(s) => {
-                f(s);
-                if let Some(n) = &s.nested {
-                    n.root.for_each_str(f);
-                }
-            }
-            Value::Obj(o) => o.entries.iter().for_each(|e| e.value.for_each_str(f)),
-            Value::Arr(a) => a.items.iter().for_each(|v| v.for_each_str(f)),
-            Value::Lit(_) => {}
         }
     }
 }
@@ -224,27 +352,66 @@ impl<'a> Obj<'a> {
     /// or appends one.
     pub fn set(&mut self, key: Cow<'a, str>, value: Value<'a>) {
         self.raw = None;
-        let mut seen = false;
+        let mut value = Some(value);
         self.entries.retain_mut(|e| {
             if e.key != key {
                 return true;
             }
-            if seen {
-                return false;
+            match value.take() {
+                Some(v) => {
+                    e.value = v;
+                    e.bare = false;
+                    true
+                }
+                None => false,
             }
-            seen = true;
-            e.value = value.clone();
-            e.bare = false;
-            true
         });
-        if !seen {
-            self.entries.push(Entry {
-                key,
-                raw_key: None,
-                value,
-                bare: false,
-                class: 0,
-            });
+        if let Some(value) = value {
+            self.entries.push(Entry::new(key, value));
         }
+    }
+}
+
+impl<'a> Entry<'a> {
+    /// An entry added by a rule (no original text).
+    pub fn new(key: Cow<'a, str>, value: Value<'a>) -> Self {
+        Entry {
+            key,
+            raw_key: None,
+            value,
+            class: 0,
+            bare: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_stay_small() {
+        // Decoding writes one `Entry` per field and the rules walk them all: keep them small.
+        assert_eq!(std::mem::size_of::<Value<'_>>(), 32);
+        assert!(std::mem::size_of::<Entry<'_>>() <= 88);
+    }
+
+    #[test]
+    fn text_by_encoding() {
+        let mut buf = String::new();
+        let p = Str::encoded("a%20b+c", Enc::Percent);
+        assert_eq!(p.text(), "a b c");
+        assert_eq!(p.text_in(&mut buf), "a b c");
+        assert_eq!(p.text_borrowed(), None);
+        let q = Str::encoded("\"x y\"", Enc::Quoted);
+        assert_eq!(q.text(), "x y");
+        assert_eq!(q.raw(), Some("\"x y\""));
+        let mut s = Str::encoded("plain", Enc::Plain);
+        assert!(!s.is_changed());
+        s.set("new");
+        assert_eq!(
+            (s.text(), s.raw(), s.is_changed()),
+            ("new".into(), None, true)
+        );
     }
 }

@@ -166,7 +166,7 @@ pub fn apply<'a>(
         }),
         Action::StripUrl { fields, how } => {
             walk::visit(root, flat, fields, in_body, idx, &mut |_, v| match v {
-                Value::Str(st) => match strip_url(&st.text, how) {
+                Value::Str(st) => match strip_url(&st.text(), how) {
                     Some(new) => {
                         st.set(new);
                         true
@@ -299,13 +299,20 @@ fn hex_lower(bytes: &[u8]) -> String {
 }
 
 fn hash_value(v: &mut Value<'_>, n: Option<Normalize>, alg: HashAlg, key: &HmacKey) -> bool {
-    let text = match v {
-        Value::Str(s) if s.text.is_empty() || is_sha256_hex(&s.text) => return false,
-        Value::Str(s) => s.text.to_string(),
-        Value::Lit(l) if l != "null" && l != "true" && l != "false" => l.to_string(),
+    let hashed = match v {
+        Value::Str(s) => {
+            let text = s.text();
+            if text.is_empty() || is_sha256_hex(&text) {
+                return false;
+            }
+            digest(&normalize(&text, n), alg, key)
+        }
+        Value::Lit(l) if l != "null" && l != "true" && l != "false" => {
+            digest(&normalize(l, n), alg, key)
+        }
         _ => return false,
     };
-    *v = Value::Str(Str::written(digest(&normalize(&text, n), alg, key)));
+    *v = Value::Str(Str::written(hashed));
     true
 }
 
@@ -317,7 +324,7 @@ fn redact_value(
     key: &HmacKey,
 ) -> bool {
     let Value::Str(s) = v else { return false };
-    match redact_text(&s.text, kinds, patterns, replace, key) {
+    match redact_text(&s.text(), kinds, patterns, replace, key) {
         Some(new) => {
             s.set(new);
             true
@@ -367,13 +374,15 @@ pub fn redact_text(
 
 fn truncate_value(v: &mut Value<'_>, v4: u8, v6: u8) -> bool {
     let Value::Str(s) = v else { return false };
-    let Ok(ip) = s.text.trim().parse::<IpAddr>() else {
+    let text = s.text();
+    let Ok(ip) = text.trim().parse::<IpAddr>() else {
         return false;
     };
     let t = crate::clientip::truncate(ip, v4, v6).to_string();
-    if t == s.text {
+    if t == text {
         return false;
     }
+    drop(text);
     s.set(t);
     s.trusted = true;
     true

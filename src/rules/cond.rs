@@ -2,6 +2,7 @@
 //! cookies, the client address, `Sec-GPC`, consent signals (GA4 `gcs`/`gcd`, an IAB TCF v2
 //! string in `gdpr_consent` or the TCF cookie, the site's consent cookie) and the bot list.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -76,8 +77,10 @@ pub struct Ctx<'r> {
     pub headers: &'r HeaderMap,
     pub client_ip: IpAddr,
     pub site: &'r SiteInputs,
-    /// The request's TC string, decoded at most once (`None` inside: none, or unreadable).
-    pub tcf: std::cell::OnceCell<Option<super::tcf::TcCore>>,
+    /// Consent per purpose ([`Purpose::index`]), read once per request from the request as
+    /// received ([`Ctx::read_consent`], before the first rule): a rule that drops `gcs` does
+    /// not change what later rules see, and the signals are not looked up per condition.
+    pub consent: std::cell::OnceCell<[Signal; 4]>,
 }
 
 /// The value of cookie `name` in `Cookie` header lines (`a=1; b=2`).
@@ -114,52 +117,100 @@ impl Ctx<'_> {
             .is_none_or(|ua| ua.is_empty() || self.site.bots.is_match(ua))
     }
 
-    /// Consent per purpose: a denial from any source wins.
+    /// Consent for purpose `p`: a denial from any source wins. Read from `doc` on first use
+    /// (see [`Ctx::read_consent`]).
     pub fn consent(&self, doc: &Doc<'_>, p: Purpose) -> Signal {
-        let mut s = ga4_signal(doc, p);
-        let tc = self.tcf.get_or_init(|| {
-            self.tcf_string(doc)
-                .and_then(|t| super::tcf::decode(t).ok())
-        });
-        if let Some(tc) = tc {
-            s = merge(s, tc.signal(p));
-        }
-        if let Some(cc) = &self.site.consent_cookie {
-            if let Some(value) = self.cookie(&cc.name) {
-                if let Some((_, token)) = cc.tokens.iter().find(|(q, _)| *q == p) {
-                    let granted = value
-                        .split([',', '|', ' ', ':', '+'])
-                        .any(|t| t.eq_ignore_ascii_case(token));
-                    s = merge(
-                        s,
-                        if granted {
-                            Signal::Granted
-                        } else {
-                            Signal::Denied
-                        },
-                    );
+        self.read_consent(doc)[p.index()]
+    }
+
+    /// Reads the request's consent signals (GA4 `gcs`/`gcd`, the TCF string, the site's
+    /// consent cookie) for every purpose, once.
+    pub fn read_consent(&self, doc: &Doc<'_>) -> &[Signal; 4] {
+        self.consent.get_or_init(|| {
+            let params = ConsentParams::of(doc);
+            let tc = params
+                .tcf_string(self)
+                .and_then(|t| super::tcf::decode(&t).ok());
+            let cookie = self
+                .site
+                .consent_cookie
+                .as_ref()
+                .and_then(|cc| Some((cc, self.cookie(&cc.name)?)));
+            let all = [
+                Purpose::Ads,
+                Purpose::Analytics,
+                Purpose::AdUserData,
+                Purpose::AdPersonalization,
+            ];
+            all.map(|p| {
+                let mut s = ga4_signal(&params, p);
+                if let Some(tc) = &tc {
+                    s = merge(s, tc.signal(p));
                 }
-            }
-        }
-        s
+                if let Some((cc, value)) = cookie {
+                    if let Some((_, token)) = cc.tokens.iter().find(|(q, _)| *q == p) {
+                        let granted = value
+                            .split([',', '|', ' ', ':', '+'])
+                            .any(|t| t.eq_ignore_ascii_case(token));
+                        s = merge(
+                            s,
+                            if granted {
+                                Signal::Granted
+                            } else {
+                                Signal::Denied
+                            },
+                        );
+                    }
+                }
+                s
+            })
+        })
     }
 }
 
-impl Ctx<'_> {
+/// The URL query parameters consent is read from, found in one pass over the query.
+#[derive(Default)]
+struct ConsentParams<'d> {
+    gcs: Option<Cow<'d, str>>,
+    gcd: Option<Cow<'d, str>>,
+    gdpr: Option<Cow<'d, str>>,
+    gdpr_consent: Option<Cow<'d, str>>,
+}
+
+impl<'d> ConsentParams<'d> {
+    fn of(doc: &'d Doc<'_>) -> Self {
+        let mut p = ConsentParams::default();
+        let Some(Value::Obj(q)) = doc.parts.first().map(|p| &p.root) else {
+            return p;
+        };
+        // The first of each, as `Obj::get` finds it.
+        for e in q.entries.iter().filter(|e| e.key.starts_with('g')) {
+            let slot = match &*e.key {
+                "gcs" => &mut p.gcs,
+                "gcd" => &mut p.gcd,
+                "gdpr" => &mut p.gdpr,
+                "gdpr_consent" => &mut p.gdpr_consent,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(e.value.as_str().unwrap_or_default());
+            }
+        }
+        p
+    }
+
     /// The request's TC string: the URL's `gdpr_consent`, else the site's TCF cookie; none
     /// when the URL says `gdpr=0` (GDPR does not apply).
-    fn tcf_string<'d>(&'d self, doc: &'d Doc<'_>) -> Option<&'d str> {
-        let q = match &doc.parts.first()?.root {
-            Value::Obj(o) => Some(o),
-            _ => None,
-        };
-        let param = |k: &str| q.and_then(|o| o.get(k)).and_then(|v| v.as_str());
-        if param("gdpr").is_some_and(|g| g.trim() == "0") {
+    fn tcf_string<'c>(&'c self, ctx: &'c Ctx<'_>) -> Option<Cow<'c, str>> {
+        if self.gdpr.as_deref().is_some_and(|g| g.trim() == "0") {
             return None;
         }
-        param("gdpr_consent")
-            .filter(|t| !t.trim().is_empty())
-            .or_else(|| self.cookie(self.site.tcf_cookie.as_deref()?))
+        match &self.gdpr_consent {
+            Some(t) if !t.trim().is_empty() => Some(Cow::Borrowed(t)),
+            _ => ctx
+                .cookie(ctx.site.tcf_cookie.as_deref()?)
+                .map(Cow::Borrowed),
+        }
     }
 }
 
@@ -174,13 +225,9 @@ fn merge(a: Signal, b: Signal) -> Signal {
 /// GA4 Consent Mode: `gcs=G1xy` (x ad_storage, y analytics_storage) and `gcd` (a letter per
 /// purpose at positions 2, 4, 6, 8: ad_storage, analytics_storage, ad_user_data,
 /// ad_personalization; `p q m u` deny, `t r n v` grant, `l` unset).
-fn ga4_signal(doc: &Doc<'_>, p: Purpose) -> Signal {
-    let q = match &doc.parts[0].root {
-        Value::Obj(o) => o,
-        _ => return Signal::Unknown,
-    };
+fn ga4_signal(q: &ConsentParams<'_>, p: Purpose) -> Signal {
     let mut s = Signal::Unknown;
-    if let Some(gcd) = q.get("gcd").and_then(|v| v.as_str()) {
+    if let Some(gcd) = q.gcd.as_deref() {
         if let Some(&c) = gcd.as_bytes().get(2 + 2 * p.index()) {
             s = match c {
                 b'p' | b'q' | b'm' | b'u' => Signal::Denied,
@@ -189,7 +236,7 @@ fn ga4_signal(doc: &Doc<'_>, p: Purpose) -> Signal {
             };
         }
     }
-    if let Some(gcs) = q.get("gcs").and_then(|v| v.as_str()) {
+    if let Some(gcs) = q.gcs.as_deref() {
         let at = match p {
             Purpose::Ads => Some(2),
             Purpose::Analytics => Some(3),
@@ -249,7 +296,7 @@ impl<'v> EventView<'v, '_> {
             .any(|(v, flat)| walk::first(v, *flat, sel).is_some())
     }
 
-    fn read(&self, sel: &Selector) -> Option<&'v str> {
+    fn read(&self, sel: &Selector) -> Option<Cow<'v, str>> {
         self.layers
             .iter()
             .find_map(|(v, flat)| walk::first(v, *flat, sel))
@@ -273,11 +320,11 @@ pub fn holds(
             // Any value counts, objects and arrays too (`$set`, `items`).
             _ => ev.exists(sel),
         },
-        Cond::Equals(sel, want) => field(ctx, ev, sel).is_some_and(|v| v == want),
-        Cond::Matches(sel, re) => field(ctx, ev, sel).is_some_and(|v| re.is_match(v)),
+        Cond::Equals(sel, want) => field(ctx, ev, sel).is_some_and(|v| v == *want),
+        Cond::Matches(sel, re) => field(ctx, ev, sel).is_some_and(|v| re.is_match(&v)),
         Cond::Event(names) => ev
             .read(event_field)
-            .is_some_and(|n| names.iter().any(|x| x == n)),
+            .is_some_and(|n| names.iter().any(|x| *x == n)),
         Cond::Gpc(want) => ctx.gpc() == *want,
         Cond::ConsentDenied(ps) => ps.iter().any(|p| ctx.consent(doc, *p) == Signal::Denied),
         Cond::ConsentGranted(ps) => ps.iter().all(|p| ctx.consent(doc, *p) == Signal::Granted),
@@ -290,11 +337,11 @@ pub fn holds(
 }
 
 /// A field's text, borrowed from the request (no copy per condition).
-fn field<'c>(ctx: &'c Ctx<'_>, ev: &EventView<'c, '_>, sel: &Selector) -> Option<&'c str> {
+fn field<'c>(ctx: &'c Ctx<'_>, ev: &EventView<'c, '_>, sel: &Selector) -> Option<Cow<'c, str>> {
     use super::select::Scope;
     match &sel.scope {
-        Scope::Header(h) => ctx.header(h),
-        Scope::Cookie(c) => ctx.cookie(c),
+        Scope::Header(h) => ctx.header(h).map(Cow::Borrowed),
+        Scope::Cookie(c) => ctx.cookie(c).map(Cow::Borrowed),
         _ => ev.read(sel),
     }
 }

@@ -77,6 +77,9 @@ pub struct Program {
     /// The flat key patterns of all the above, classified once per field ([`keys`]); built by
     /// [`Program::index_keys`].
     pub keys: KeyIndex,
+    /// Whether a rule has a consent condition: the request's consent is then read before the
+    /// first rule, from the request as received.
+    pub reads_consent: bool,
 }
 
 /// What to do with the request after the rules.
@@ -125,6 +128,7 @@ impl Program {
             nested: vec![],
             ids: None,
             keys: KeyIndex::default(),
+            reads_consent: false,
         }
     }
 
@@ -140,12 +144,19 @@ impl Program {
         }
         if let Some(scan) = &mut self.scan {
             scan.exempt.iter_mut().for_each(|s| idx.add(s));
+            scan.index();
         }
         self.nested.iter_mut().for_each(|s| idx.add(s));
         if let Some(ids) = &mut self.ids {
             ids.fields.iter_mut().for_each(|s| idx.add(s));
         }
         self.keys = idx;
+        self.reads_consent = self.rules.iter().any(|r| {
+            r.when
+                .iter()
+                .chain(&r.unless)
+                .any(|c| matches!(c, Cond::ConsentDenied(_) | Cond::ConsentGranted(_)))
+        });
         self
     }
 
@@ -192,6 +203,9 @@ impl Program {
 
     /// Runs the rules and the scan.
     pub fn run(&self, doc: &mut Doc<'_>, ctx: &Ctx<'_>, key: &HmacKey) -> Outcome {
+        if self.reads_consent {
+            ctx.read_consent(doc);
+        }
         let mut places = Places::default();
         for rule in &self.rules {
             if let Some(out) = self.apply_rule(rule, doc, ctx, key, &mut places) {
@@ -214,6 +228,9 @@ impl Program {
         key: &HmacKey,
         after: &mut dyn FnMut(&str, &Doc<'_>),
     ) -> Outcome {
+        if self.reads_consent {
+            ctx.read_consent(doc);
+        }
         let mut places = Places::default();
         for rule in &self.rules {
             let out = self.apply_rule(rule, doc, ctx, key, &mut places);

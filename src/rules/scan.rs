@@ -3,13 +3,18 @@
 //! address, phone number, payment card, IBAN, IP address or token is redacted even when no
 //! rule names its field. Fields a route exempts, and values a rule wrote (hashes, set values,
 //! truncated addresses), are left alone.
+//!
+//! The scan reads every value of every beacon, so the flat parts (query strings, forms, GA4
+//! lines), which are most of them, take a short loop: exempt fields are skipped by their key
+//! bits ([`super::keys`]) rather than marked by a walk, and percent-encoded values are
+//! unescaped into one reused buffer rather than a new string each.
 
 use super::action::{HmacKey, Replace, redact_text};
 use super::detect::Kinds;
 use super::keys::KeyIndex;
 use super::select::Selector;
 use super::{Target, walk};
-use crate::decode::{Doc, Origin, Value};
+use crate::decode::{Doc, Obj, Origin, Value};
 
 /// A route's scan settings, compiled.
 #[derive(Debug, Clone)]
@@ -17,6 +22,40 @@ pub struct Scan {
     pub kinds: Kinds,
     pub exempt: Vec<Selector>,
     pub replace: Replace,
+    /// The key bits of the exempt selectors that apply in the URL query and in the body
+    /// (`[query, body]`), and whether they are all of them ([`Scan::index`]): then a flat
+    /// part's exempt fields are known by their bits alone.
+    flat_exempt: Option<[u64; 2]>,
+}
+
+impl Scan {
+    pub fn new(kinds: Kinds, exempt: Vec<Selector>, replace: Replace) -> Scan {
+        Scan {
+            kinds,
+            exempt,
+            replace,
+            flat_exempt: None,
+        }
+    }
+
+    /// Called once the exempt selectors have their key bits: a flat part can skip exempt
+    /// fields by bit when every exempt selector has one and none reaches into a nested
+    /// document.
+    pub(super) fn index(&mut self) {
+        let by_bit = self
+            .exempt
+            .iter()
+            .all(|s| s.bit != 0 && s.nested.is_empty());
+        self.flat_exempt = by_bit.then(|| {
+            let mask = |in_body| {
+                self.exempt
+                    .iter()
+                    .filter(|s| s.applies(in_body))
+                    .fold(0, |m, s| m | s.bit)
+            };
+            [mask(false), mask(true)]
+        });
+    }
 }
 
 /// Scans every part of `doc`; marks changed parts. `targets`: where the rules act (every part,
@@ -31,6 +70,9 @@ pub(crate) fn run(
 ) {
     for t in targets {
         let part = &mut doc.parts[t.part];
+        if part.flat && scan.flat_exempt.is_some() {
+            continue; // skipped by bit below
+        }
         let (flat, in_body) = (part.flat, part.origin != Origin::Query);
         walk::at_mut(&mut part.root, &t.path, &mut |v| {
             walk::visit(v, flat, &scan.exempt, in_body, idx, &mut |_, v| {
@@ -40,11 +82,50 @@ pub(crate) fn run(
             false
         });
     }
+    let mut buf = String::new();
     for part in &mut doc.parts {
-        if scan_value(&mut part.root, scan, key) {
+        let exempt = scan
+            .flat_exempt
+            .map(|m| m[(part.origin != Origin::Query) as usize]);
+        let changed = match (&mut part.root, exempt) {
+            (Value::Obj(o), Some(exempt)) if part.flat => {
+                scan_flat(o, exempt, scan, key, idx, &mut buf)
+            }
+            (root, _) => scan_value(root, scan, key, &mut buf),
+        };
+        if changed {
             part.changed = true;
         }
     }
+}
+
+/// The fields of a flat part, skipping those whose key bits are in `exempt`.
+fn scan_flat(
+    o: &mut Obj<'_>,
+    exempt: u64,
+    scan: &Scan,
+    key: &HmacKey,
+    idx: &KeyIndex,
+    buf: &mut String,
+) -> bool {
+    let mut changed = false;
+    for e in o.entries.iter_mut() {
+        // Entries a rule added or renamed are classified now.
+        if exempt != 0 && idx.class_of(e) & exempt != 0 {
+            continue;
+        }
+        match &mut e.value {
+            Value::Str(s) if !s.trusted && !s.has_nested() => {
+                if let Some(new) = redact_text(s.text_in(buf), scan.kinds, &[], &scan.replace, key)
+                {
+                    s.set(new);
+                    changed = true;
+                }
+            }
+            v => changed |= scan_value(v, scan, key, buf),
+        }
+    }
+    changed
 }
 
 /// Marks a value (and everything in it) as exempt.
@@ -52,7 +133,7 @@ fn mark(v: &mut Value<'_>) {
     match v {
         Value::Str(s) => {
             s.trusted = true;
-            if let Some(n) = s.nested.as_mut() {
+            if let Some(n) = s.nested_mut() {
                 mark(&mut n.root);
             }
         }
@@ -62,18 +143,18 @@ fn mark(v: &mut Value<'_>) {
     }
 }
 
-fn scan_value(v: &mut Value<'_>, scan: &Scan, key: &HmacKey) -> bool {
+fn scan_value(v: &mut Value<'_>, scan: &Scan, key: &HmacKey, buf: &mut String) -> bool {
     let changed = match v {
         Value::Str(s) if s.trusted => false,
         Value::Str(s) => {
-            if let Some(n) = s.nested.as_mut() {
-                let c = scan_value(&mut n.root, scan, key);
+            if let Some(n) = s.nested_mut() {
+                let c = scan_value(&mut n.root, scan, key, buf);
                 if c {
-                    s.raw = None;
+                    s.touch();
                 }
                 return c;
             }
-            match redact_text(&s.text, scan.kinds, &[], &scan.replace, key) {
+            match redact_text(s.text_in(buf), scan.kinds, &[], &scan.replace, key) {
                 Some(new) => {
                     s.set(new);
                     true
@@ -83,15 +164,15 @@ fn scan_value(v: &mut Value<'_>, scan: &Scan, key: &HmacKey) -> bool {
         }
         Value::Obj(o) => {
             let mut c = false;
-            for e in &mut o.entries {
-                c |= scan_value(&mut e.value, scan, key);
+            for e in o.entries.iter_mut() {
+                c |= scan_value(&mut e.value, scan, key, buf);
             }
             c
         }
         Value::Arr(a) => {
             let mut c = false;
-            for item in &mut a.items {
-                c |= scan_value(item, scan, key);
+            for item in a.items.iter_mut() {
+                c |= scan_value(item, scan, key, buf);
             }
             c
         }

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use super::keys::{self, KeyIndex, Plan};
 use super::select::{KeyPat, Selector, Step};
-use crate::decode::{Str, Value};
+use crate::decode::Value;
 
 /// Calls `f` on every value a selector of `sels` (those that apply to this part) matches
 /// under `root`. Flat parts take one pass over their fields whatever the number of selectors;
@@ -58,7 +58,7 @@ pub fn visit<'a>(
 /// Whether a field carries a decoded document (only then can a nested path reach into it).
 #[inline]
 fn has_nested(v: &Value<'_>) -> bool {
-    matches!(v, Value::Str(s) if s.nested.is_some())
+    matches!(v, Value::Str(s) if s.has_nested())
 }
 
 /// Continues a path inside the document a string carries.
@@ -68,12 +68,12 @@ fn into_nested<'a>(
     f: &mut dyn FnMut(&str, &mut Value<'a>) -> bool,
 ) -> bool {
     let Value::Str(s) = v else { return false };
-    let Some(n) = s.nested.as_mut() else {
+    let Some(n) = s.nested_mut() else {
         return false;
     };
     let changed = walk(&mut n.root, steps, "", f);
     if changed {
-        s.raw = None;
+        s.touch();
     }
     changed
 }
@@ -138,10 +138,10 @@ fn children<'a>(v: &mut Value<'a>, f: &mut dyn FnMut(&str, &mut Value<'a>) -> bo
             }
         }
         Value::Str(s) => {
-            if let Some(n) = s.nested.as_mut() {
+            if let Some(n) = s.nested_mut() {
                 c = f("", &mut n.root);
                 if c {
-                    s.raw = None;
+                    s.touch();
                 }
             }
         }
@@ -194,9 +194,9 @@ pub fn remove<'a>(
                     continue;
                 }
                 if let Value::Str(s) = &mut e.value {
-                    if let Some(n) = s.nested.as_mut() {
+                    if let Some(n) = s.nested_mut() {
                         if remove_path(&mut n.root, steps, seen) {
-                            s.raw = None;
+                            s.touch();
                             changed = true;
                         }
                     }
@@ -264,11 +264,11 @@ fn remove_path<'a>(
             }
             c
         }
-        (_, Value::Str(s)) => match s.nested.as_mut() {
+        (_, Value::Str(s)) => match s.nested_mut() {
             Some(n) => {
                 let c = remove_path(&mut n.root, steps, seen);
                 if c {
-                    s.raw = None;
+                    s.touch();
                 }
                 return c;
             }
@@ -389,13 +389,12 @@ pub fn first<'v, 'a>(root: &'v Value<'a>, flat: bool, sel: &Selector) -> Option<
         for e in &obj.entries {
             for (kp, steps) in &sel.nested {
                 if kp.matches(&e.key) {
-                    if let Value::Str(Str {
-                        nested: Some(n), ..
-                    }) = &e.value
-                    {
-                        if let Some(v) = find(&n.root, steps) {
-                            return Some(v);
-                        }
+                    let nested = match &e.value {
+                        Value::Str(s) => s.nested(),
+                        _ => None,
+                    };
+                    if let Some(v) = nested.and_then(|n| find(&n.root, steps)) {
+                        return Some(v);
                     }
                 }
             }
@@ -422,12 +421,7 @@ fn find<'v, 'a>(v: &'v Value<'a>, steps: &[Step]) -> Option<&'v Value<'a>> {
             .find_map(|e| find(&e.value, rest)),
         (Step::Index(i), Value::Arr(a)) => a.items.get(*i).and_then(|item| find(item, rest)),
         (Step::AnyIndex, Value::Arr(a)) => a.items.iter().find_map(|item| find(item, rest)),
-        (
-            _,
-            Value::Str(Str {
-                nested: Some(n), ..
-            }),
-        ) => find(&n.root, steps),
+        (_, Value::Str(s)) => find(&s.nested()?.root, steps),
         _ => None,
     }
 }
@@ -454,13 +448,10 @@ fn set_path<'a>(v: &mut Value<'a>, steps: &[Step], value: Value<'a>) -> bool {
         true
     } else {
         if o.get(k).is_none() {
-            o.entries.push(crate::decode::Entry {
-                key: Cow::Owned(k.clone()),
-                raw_key: None,
-                value: Value::Obj(Default::default()),
-                bare: false,
-                class: 0,
-            });
+            o.entries.push(crate::decode::Entry::new(
+                Cow::Owned(k.clone()),
+                Value::Obj(Default::default()),
+            ));
         }
         o.get_mut(k)
             .is_some_and(|child| set_path(child, rest, value))

@@ -115,8 +115,8 @@ impl ScriptPolicy {
             crate::decode::query::escape_into(&mut out, name, Spaces::Percent);
             if !e.bare {
                 out.push('=');
-                let v = e.value.as_str().unwrap_or("");
-                crate::decode::query::escape_into(&mut out, v, Spaces::Percent);
+                let v = e.value.as_str().unwrap_or_default();
+                crate::decode::query::escape_into(&mut out, &v, Spaces::Percent);
             }
         }
         (!out.is_empty()).then_some(out)

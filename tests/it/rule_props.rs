@@ -225,7 +225,7 @@ proptest! {
         let mut out = String::new();
         let changed = obj.entries.len() != keys.len();
         if changed {
-            query::encode(obj, spaces, &mut out, &|_| None);
+            query::encode(obj, &q, spaces, &mut out, &|_| None);
         } else {
             out = q.clone();
         }

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use super::value::{Arr, Entry, Obj, Str, Value};
+use super::value::{Arr, Enc, Entry, Obj, Str, ThinVec, Value};
 
 /// The deepest nesting of objects and arrays [`parse`] accepts (serde_json stops at 127).
 pub const MAX_DEPTH: usize = 128;
@@ -61,7 +61,10 @@ pub fn encode_into(v: &Value<'_>, out: &mut String, nested: &dyn Fn(&Str<'_>) ->
         return out.push_str(raw);
     }
     match v {
-        Value::Str(s) => escape_into(out, nested(s).as_deref().unwrap_or(&s.text)),
+        Value::Str(s) => match nested(s) {
+            Some(n) => escape_into(out, &n),
+            None => escape_into(out, &s.text()),
+        },
         Value::Obj(o) => {
             out.push('{');
             for (n, e) in o.entries.iter().enumerate() {
@@ -132,9 +135,8 @@ pub fn escape_into(out: &mut String, s: &str) {
 fn raw<'v>(v: &'v Value<'_>) -> Option<&'v str> {
     match v {
         Value::Lit(l) => Some(l),
-        Value::Str(Str { raw, .. }) | Value::Obj(Obj { raw, .. }) | Value::Arr(Arr { raw, .. }) => {
-            *raw
-        }
+        Value::Str(s) => s.raw(),
+        Value::Obj(Obj { raw, .. }) | Value::Arr(Arr { raw, .. }) => *raw,
     }
 }
 
@@ -143,7 +145,7 @@ fn raw<'v>(v: &'v Value<'_>) -> Option<&'v str> {
 fn size_hint(v: &Value<'_>) -> usize {
     raw(v).map_or_else(
         || match v {
-            Value::Str(s) => s.text.len() + 8,
+            Value::Str(s) => s.text().len() + 8,
             Value::Obj(o) => 64 * o.entries.len() + 2,
             Value::Arr(a) => 64 * a.items.len() + 2,
             Value::Lit(l) => l.len(),
@@ -214,9 +216,12 @@ impl<'a> Parser<'a> {
     fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
         self.ws();
         match self.peek() {
-            Some(b'"') => self
-                .string()
-                .map(|(text, raw)| Value::Str(Str::decoded(text, raw))),
+            Some(b'"') => self.string().map(|(text, raw)| {
+                Value::Str(match text {
+                    Cow::Borrowed(_) => Str::encoded(raw, Enc::Quoted),
+                    Cow::Owned(t) => Str::held(raw, t),
+                })
+            }),
             Some(b'{') if depth < MAX_DEPTH => self.object(depth + 1),
             Some(b'[') if depth < MAX_DEPTH => self.array(depth + 1),
             Some(b'{' | b'[') => Err(err(self.i, "nesting too deep")),
@@ -250,8 +255,8 @@ impl<'a> Parser<'a> {
                     key,
                     raw_key,
                     value,
-                    bare: false,
                     class: 0,
+                    bare: false,
                 });
                 self.ws();
                 match self.peek() {
@@ -263,12 +268,9 @@ impl<'a> Parser<'a> {
             }
         }
         self.i += 1;
-        let (entries, raw) = (self.entries.split_off(base), Some(&self.src[start..self.i]));
-        Ok(Value::Obj(Obj {
-            entries,
-            raw,
-            source: None,
-        }))
+        let entries: ThinVec<Entry<'a>> = self.entries.drain(base..).collect();
+        let raw = Some(&self.src[start..self.i]);
+        Ok(Value::Obj(Obj { entries, raw }))
     }
 
     fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
@@ -288,7 +290,8 @@ impl<'a> Parser<'a> {
             }
         }
         self.i += 1;
-        let (items, raw) = (self.items.split_off(base), Some(&self.src[start..self.i]));
+        let items: ThinVec<Value<'a>> = self.items.drain(base..).collect();
+        let raw = Some(&self.src[start..self.i]);
         Ok(Value::Arr(Arr { items, raw }))
     }
 

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use super::value::{Entry, Obj, Str, Value};
+use super::value::{Enc, Entry, Obj, Str, ThinVec, Value};
 
 /// Most parts a body may have (a Pixel event has a few dozen).
 pub const MAX_PARTS: usize = 1000;
@@ -127,7 +127,7 @@ pub fn decode<'a>(body: &'a str, boundary: &str) -> Result<(Obj<'a>, Layout<'a>)
         eol,
         epilogue: "",
     };
-    let mut entries = Vec::new();
+    let mut entries = ThinVec::new();
     let mut at = start + delim.len();
     while !body[at..].starts_with("--") {
         if layout.parts.len() == MAX_PARTS {
@@ -139,14 +139,7 @@ pub fn decode<'a>(body: &'a str, boundary: &str) -> Result<(Obj<'a>, Layout<'a>)
         at = next + delim.len();
     }
     layout.epilogue = &body[at + 2..];
-    Ok((
-        Obj {
-            entries,
-            raw: None,
-            source: None,
-        },
-        layout,
-    ))
+    Ok((Obj { entries, raw: None }, layout))
 }
 
 /// The part after the delimiter ending at `at`: its entry, its layout and where the next
@@ -170,14 +163,14 @@ fn decode_part<'a>(
     } else {
         Cow::Borrowed(name)
     };
-    let value = Value::Str(Str::decoded(Cow::Borrowed(text), text));
+    let value = Value::Str(Str::encoded(text, Enc::Plain));
     Ok((
         Entry {
             key,
             raw_key: Some(name),
             value,
-            bare: false,
             class: 0,
+            bare: false,
         },
         Part { name, head, tail },
         next,
@@ -360,10 +353,10 @@ fn fresh_head(out: &mut String, key: &str, eol: &str) {
 
 fn value_into(out: &mut String, v: &Value<'_>, nested: &dyn Fn(&Str<'_>) -> Option<String>) {
     match v {
-        Value::Str(s) => match (s.raw, nested(s)) {
+        Value::Str(s) => match (s.raw(), nested(s)) {
             (_, Some(n)) => out.push_str(&n),
             (Some(raw), None) => out.push_str(raw),
-            (None, None) => out.push_str(&s.text),
+            (None, None) => out.push_str(&s.text()),
         },
         Value::Lit(l) => out.push_str(l),
         // A structured value in a flat format: written as JSON text.

@@ -198,17 +198,17 @@ fn decode_nested(doc: &mut Doc<'_>, names: &[&str]) -> Result<usize, String> {
                 err.get_or_insert(format!("decode_nested({key}): {e}"));
                 return;
             }
-            if s.nested.is_none() {
+            if s.nested().is_none() {
                 return; // an empty string stays plain
             }
             n += 1;
             let mut fresh = s.clone();
-            fresh.raw = None;
+            fresh.touch();
             let text = decode::nested_text(&fresh).unwrap_or_default();
             if let Err(e) = same(
                 &format!("nested {key} written back"),
                 text.as_bytes(),
-                s.text.as_bytes(),
+                s.text().as_bytes(),
             ) {
                 err.get_or_insert(e);
             }
@@ -222,7 +222,7 @@ fn decode_nested(doc: &mut Doc<'_>, names: &[&str]) -> Result<usize, String> {
 /// documents from their trees. Leaves and keys keep their text.
 fn forget_raw(v: &mut Value<'_>) {
     match v {
-        Value::Str(s) if s.nested.is_some() => s.raw = None,
+        Value::Str(s) if s.nested().is_some() => s.touch(),
         Value::Obj(o) => {
             o.raw = None;
             o.entries.iter_mut().for_each(|e| forget_raw(&mut e.value));
@@ -492,7 +492,7 @@ fn decoded_sections_match_the_library() {
     let mut inner = None;
     each_named(&mut doc.parts[1].root, true, &["ue_px"], &mut |k, s| {
         decode::decode_nested(k, s).unwrap();
-        let n = s.nested.as_ref().unwrap();
+        let n = s.nested().unwrap();
         inner = Some((n.wrap, json::to_string(&n.root)));
     });
     let section = sp.section("decoded ue_px").unwrap();

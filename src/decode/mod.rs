@@ -8,6 +8,7 @@
 //! route's policy decides what happens to the request.
 
 pub mod json;
+pub mod mask;
 pub mod multipart;
 pub mod query;
 pub mod value;

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 
+use super::mask;
 use super::value::{Enc, Entry, Obj, Str, ThinVec, Value};
 
 /// How spaces were written in the original (and are written in changed values).
@@ -20,71 +21,193 @@ pub enum Spaces {
 /// Decodes `a=1&b=2` into an object. `+` is read as a space, as browsers' URLSearchParams do.
 /// Never fails: malformed escapes are kept as text.
 ///
-/// This runs for every hit, so it is one pass over the bytes: pairs are split at `&` and `=`,
-/// keys with escapes are unescaped (rules match on them), and values are left as they are,
-/// marked [`Enc::Percent`] when they hold `%` or `+`, to be unescaped only if something reads
-/// them.
+/// This runs for every hit, so it walks the set bits of 64-byte blocks' masks of `&`, `=`
+/// and escapes ([`super::mask`]) rather than searching byte by byte: keys with escapes are
+/// unescaped (rules match on them), and values are left as they are, marked
+/// [`Enc::Percent`] when they hold `%` or `+`, to be unescaped only if something reads them.
 pub fn decode(s: &str) -> (Obj<'_>, Spaces) {
     let b = s.as_bytes();
     if b.is_empty() {
         // No query at all: no fields (not one field with an empty name).
         return (Obj::default(), Spaces::Percent);
     }
-    let mut entries = ThinVec::with_capacity(memchr::memchr_iter(b'&', b).count() + 1);
-    let mut plus = false;
-    let mut start = 0;
-    loop {
-        // One pair: up to the next `&`, noting the first `=` and any escapes on either side.
-        let (mut i, mut eq, mut key_esc, mut val_esc) = (start, usize::MAX, false, false);
-        loop {
-            i = next_special(b, i);
-            match b.get(i) {
-                None | Some(b'&') => break,
-                Some(b'=') if eq == usize::MAX => eq = i,
-                Some(b'=') => {}
-                Some(_) if eq == usize::MAX => key_esc = true,
-                Some(&c) => {
-                    val_esc = true;
-                    plus |= c == b'+';
-                }
-            }
-            i += 1;
+    // A pair per `&` and one more, and room for two that rules add (GA4's `_uip`) without
+    // moving them all to a bigger allocation.
+    let n = memchr::memchr_iter(b'&', b).count() + 1;
+    let mut entries = ThinVec::with_capacity(n + 2);
+    let mut scan = Scanner::new(b);
+    // `extend` writes each entry in place: pushed one by one, an entry is staged on the stack
+    // around the growth check and copied with wider loads than it was stored with (a
+    // store-forwarding stall per field).
+    entries.extend(Pairs {
+        s,
+        scan: &mut scan,
+        left: n,
+    });
+    if scan.key_esc {
+        for e in entries.iter_mut() {
+            e.key = unescape(e.raw_key.unwrap_or_default());
         }
-        // `&` and `=` are ASCII, so every slice here is on a character boundary.
-        let (k, v, bare) = if eq == usize::MAX {
-            // `a=1&&b=2` and `…&debug&…`: kept as bare keys so the text round-trips.
-            (&s[start..i], "", true)
-        } else {
-            (&s[start..eq], &s[eq + 1..i], false)
-        };
-        let key = if key_esc {
-            unescape(k)
-        } else {
-            Cow::Borrowed(k)
-        };
-        let enc = if val_esc { Enc::Percent } else { Enc::Plain };
-        entries.push(Entry {
-            key,
-            raw_key: Some(k),
-            value: Value::Str(Str::encoded(v, enc)),
-            class: 0,
-            bare,
-        });
-        if i >= b.len() {
-            break;
-        }
-        start = i + 1;
     }
+    let plus = scan.plus;
     (
         Obj { entries, raw: None },
         if plus { Spaces::Plus } else { Spaces::Percent },
     )
 }
 
-/// The index of the first `&`, `=`, `%` or `+` in `b` from `i` (or `b.len()`).
-#[inline]
-fn next_special(b: &[u8], i: usize) -> usize {
-    next_of(b, i, [b'&', b'=', b'%', b'+'])
+/// A `key=value` pair (byte offsets into the text).
+#[derive(Clone, Copy)]
+struct Pair {
+    start: usize,
+    /// The first `=`, or `usize::MAX`.
+    eq: usize,
+    end: usize,
+    key_esc: bool,
+    val_esc: bool,
+}
+
+impl Pair {
+    fn at(start: usize) -> Pair {
+        Pair {
+            start,
+            eq: usize::MAX,
+            end: start,
+            key_esc: false,
+            val_esc: false,
+        }
+    }
+}
+
+/// Finds the pairs of a text, block by block.
+struct Scanner {
+    /// Where the current block starts, its masks, the `&`s of it not yet passed, and where
+    /// the unread part of the current pair starts in it.
+    base: usize,
+    m: mask::QueryMasks,
+    amp: u64,
+    from: u32,
+    /// The pair being read.
+    pair: Pair,
+    /// A `+` was seen in a value; a key had an escape.
+    plus: bool,
+    key_esc: bool,
+    done: bool,
+    pad: [u8; 64],
+}
+
+impl Scanner {
+    fn new(b: &[u8]) -> Scanner {
+        let mut pad = [0u8; 64];
+        let m = mask::query_masks(mask::block_at(b, 0, &mut pad));
+        Scanner {
+            base: 0,
+            m,
+            amp: m.amp,
+            from: 0,
+            pair: Pair::at(0),
+            plus: false,
+            key_esc: false,
+            done: b.is_empty(),
+            pad,
+        }
+    }
+
+    /// The next pair.
+    #[inline(always)]
+    fn next(&mut self, b: &[u8]) -> Option<Pair> {
+        if self.done {
+            return None;
+        }
+        loop {
+            // The pair's bytes in this block: `from` up to its `&`, or the block's end.
+            let to = if self.amp == 0 {
+                64
+            } else {
+                self.amp.trailing_zeros()
+            };
+            let (m, base, pair) = (&self.m, self.base, &mut self.pair);
+            let span = mask::bits(self.from, to);
+            if pair.eq == usize::MAX && m.eq & span != 0 {
+                pair.eq = base + (m.eq & span).trailing_zeros() as usize;
+            }
+            let esc = m.esc & span;
+            if esc != 0 {
+                // Escapes after the `=` (at or past this block's start) are the value's.
+                let key_end = match pair.eq {
+                    usize::MAX => 64,
+                    eq if eq < base => 0,
+                    eq => (eq - base) as u32,
+                };
+                let value = esc & !mask::bits(0, key_end);
+                pair.key_esc |= esc & !value != 0;
+                pair.val_esc |= value != 0;
+                self.plus |= m.plus & value != 0;
+            }
+            if self.amp != 0 {
+                let end = base + to as usize;
+                let done = Pair { end, ..*pair };
+                *pair = Pair::at(end + 1);
+                self.from = to + 1;
+                self.amp &= self.amp - 1;
+                return Some(done);
+            }
+            // The pair goes on in the next block, if there is one.
+            self.base += 64;
+            if self.base >= b.len() {
+                self.done = true;
+                return Some(Pair {
+                    end: b.len(),
+                    ..*pair
+                });
+            }
+            self.m = mask::query_masks(mask::block_at(b, self.base, &mut self.pad));
+            (self.amp, self.from) = (self.m.amp, 0);
+        }
+    }
+}
+
+/// The entries of a text, with an exact length for `extend`.
+struct Pairs<'a, 's> {
+    s: &'a str,
+    scan: &'s mut Scanner,
+    /// Pairs not yet returned: one per `&`, and one more.
+    left: usize,
+}
+
+impl<'a> Iterator for Pairs<'a, '_> {
+    type Item = Entry<'a>;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Entry<'a>> {
+        let p = self.scan.next(self.s.as_bytes())?;
+        self.left = self.left.saturating_sub(1);
+        // `&` and `=` are ASCII, so every slice here is on a character boundary. (Offsets
+        // first, slices last: slices picked by a `match` are staged on the stack.)
+        let bare = p.eq == usize::MAX;
+        let (key_end, value_start) = if bare {
+            (p.end, p.end)
+        } else {
+            (p.eq, p.eq + 1)
+        };
+        let k = self.s.get(p.start..key_end)?;
+        let v = self.s.get(value_start..p.end)?;
+        let enc = if p.val_esc { Enc::Percent } else { Enc::Plain };
+        // Escaped keys are unescaped afterwards (rare; a key picked by a branch here is staged
+        // on the stack too).
+        self.scan.key_esc |= p.key_esc;
+        Some(Entry {
+            key: Cow::Borrowed(k),
+            raw_key: Some(k),
+            value: Value::Str(Str::new(v, enc)),
+            class: 0,
+            bare,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
 }
 
 /// The index of the first byte of `set` in `b` from `i` (or `b.len()`), eight bytes at a time:
@@ -113,7 +236,15 @@ fn next_of<const N: usize>(b: &[u8], mut i: usize, set: [u8; N]) -> usize {
 /// Percent-decodes one component (`+` as space); borrows when there is nothing to decode.
 /// Invalid escapes stay as written; bytes that are not UTF-8 after decoding become U+FFFD.
 pub fn unescape(s: &str) -> Cow<'_, str> {
-    if memchr::memchr2(b'%', b'+', s.as_bytes()).is_none() {
+    // Most texts unescaped one by one are short names (`utm_source`), where a plain loop beats
+    // setting up a vector search.
+    let b = s.as_bytes();
+    let plain = if b.len() < 32 {
+        !b.iter().any(|&c| c == b'%' || c == b'+')
+    } else {
+        memchr::memchr2(b'%', b'+', b).is_none()
+    };
+    if plain {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
@@ -296,10 +427,12 @@ pub fn encode(
         }
         out.push('=');
         match &e.value {
-            Value::Str(s) => match (s.raw(), nested(s)) {
-                (_, Some(n)) => escape_into(out, &n, spaces),
-                (Some(raw), None) => out.push_str(raw),
-                (None, None) => escape_into(out, &s.text(), spaces),
+            Value::Str(s) => match (s.raw(), nested(s), s.percent_encoded()) {
+                (_, Some(n), _) => escape_into(out, &n, spaces),
+                (Some(raw), None, _) => out.push_str(raw),
+                // Changed, but left percent-encoded by the rule (a cut URL).
+                (None, None, Some(encoded)) => out.push_str(encoded),
+                (None, None, None) => escape_into(out, &s.text(), spaces),
             },
             Value::Lit(l) => escape_into(out, l, spaces),
             // A structured value in a flat format: written as JSON text.

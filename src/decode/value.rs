@@ -32,7 +32,8 @@ pub enum Value<'a> {
 pub enum Enc {
     /// `raw` is the text (a query value without escapes, a multipart part body).
     Plain,
-    /// `raw` is percent-encoded (`%XX`, `+` for a space): unescaped when read.
+    /// `raw` is percent-encoded (`%XX`, `+` for a space): unescaped when read. Once changed
+    /// ([`Str::set_encoded`]), the percent-encoded text is held beside it instead.
     Percent,
     /// `raw` is a JSON string literal without escapes: the text is between its quotes.
     Quoted,
@@ -117,9 +118,9 @@ pub struct Arr<'a> {
 }
 
 impl<'a> Str<'a> {
-    /// A string received as `raw`, encoded as `enc` (not [`Enc::Held`]: see [`Str::held`]).
+    /// A string received as `raw`, encoded as `enc` (not [`Enc::Held`]: see [`Str::with_text`]).
     #[inline(always)]
-    pub fn encoded(raw: &'a str, enc: Enc) -> Self {
+    pub fn new(raw: &'a str, enc: Enc) -> Self {
         Str {
             raw,
             extra: None,
@@ -130,7 +131,7 @@ impl<'a> Str<'a> {
     }
 
     /// A string received as `raw` whose decoded text is `text`.
-    pub fn held(raw: &'a str, text: String) -> Self {
+    pub fn with_text(raw: &'a str, text: String) -> Self {
         Str {
             raw,
             extra: Some(Box::new(Extra { text, nested: None })),
@@ -159,8 +160,24 @@ impl<'a> Str<'a> {
         match self.enc {
             Enc::Plain => Cow::Borrowed(self.raw),
             Enc::Quoted => Cow::Borrowed(unquote(self.raw)),
-            Enc::Percent => super::query::unescape(self.raw),
-            Enc::Held => Cow::Borrowed(self.extra.as_ref().map_or("", |x| &x.text)),
+            Enc::Percent => super::query::unescape(self.percent()),
+            Enc::Held => Cow::Borrowed(self.held_text()),
+        }
+    }
+
+    /// The text held beside `raw` (decoded, or percent-encoded after [`Str::set_encoded`]).
+    #[inline(always)]
+    fn held_text(&self) -> &str {
+        self.extra.as_ref().map_or("", |x| &x.text)
+    }
+
+    /// The percent-encoded text of an [`Enc::Percent`] string.
+    #[inline(always)]
+    fn percent(&self) -> &str {
+        if self.changed {
+            self.held_text()
+        } else {
+            self.raw
         }
     }
 
@@ -173,10 +190,10 @@ impl<'a> Str<'a> {
             Enc::Quoted => unquote(self.raw),
             Enc::Percent => {
                 buf.clear();
-                super::query::unescape_into(self.raw, buf);
+                super::query::unescape_into(self.percent(), buf);
                 buf
             }
-            Enc::Held => self.extra.as_ref().map_or("", |x| &x.text),
+            Enc::Held => self.held_text(),
         }
     }
 
@@ -188,7 +205,7 @@ impl<'a> Str<'a> {
             Enc::Plain => Some(self.raw),
             Enc::Quoted => Some(unquote(self.raw)),
             Enc::Percent => None,
-            Enc::Held => Some(self.extra.as_ref().map_or("", |x| &x.text)),
+            Enc::Held => Some(self.held_text()),
         }
     }
 
@@ -217,6 +234,20 @@ impl<'a> Str<'a> {
         }
         self.enc = Enc::Held;
         self.changed = true;
+    }
+
+    /// The percent-encoded text of a query or form value (as received, or as a rule left
+    /// it with [`Str::set_encoded`]); `None` for strings held otherwise.
+    #[inline]
+    pub fn percent_encoded(&self) -> Option<&str> {
+        (self.enc == Enc::Percent).then(|| self.percent())
+    }
+
+    /// Replaces the text with `encoded`, percent-encoded for the part it is in: the encoders
+    /// write it as it is (a rule that cut an encoded URL keeps its escapes).
+    pub fn set_encoded(&mut self, encoded: String) {
+        self.set(encoded);
+        self.enc = Enc::Percent;
     }
 
     /// Marks the string as changed without replacing its text (its nested document changed).
@@ -352,23 +383,54 @@ impl<'a> Obj<'a> {
     /// or appends one.
     pub fn set(&mut self, key: Cow<'a, str>, value: Value<'a>) {
         self.raw = None;
-        let mut value = Some(value);
-        self.entries.retain_mut(|e| {
-            if e.key != key {
-                return true;
+        match self.entries.iter().position(|e| e.key == key) {
+            None => self.entries.push(Entry::new(key, value)),
+            Some(i) => {
+                let e = &mut self.entries[i];
+                e.value = value;
+                e.bare = false;
+                let mut n = 0;
+                self.remove_where(|e| {
+                    n += 1;
+                    n > i + 1 && e.key == key
+                });
             }
-            match value.take() {
-                Some(v) => {
-                    e.value = v;
-                    e.bare = false;
-                    true
-                }
-                None => false,
-            }
-        });
-        if let Some(value) = value {
-            self.entries.push(Entry::new(key, value));
         }
+    }
+
+    /// Removes the entries `hit` selects, keeping the order of the others; whether any went.
+    /// `hit` sees every entry once, in order, unless more than a few are removed (then it
+    /// sees them again).
+    ///
+    /// A rule removes a few fields of many (GA4's personal `ep.*` parameters): those are
+    /// taken out one by one, shifting the rest once each, rather than by moving every later
+    /// entry along by swaps.
+    pub fn remove_where(&mut self, mut hit: impl FnMut(&mut Entry<'a>) -> bool) -> bool {
+        const FEW: usize = 8;
+        let (mut at, mut n) = ([0usize; FEW], 0);
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            if hit(e) {
+                if n == FEW {
+                    // Many: one pass that moves each remaining entry once (by swaps).
+                    let mut i = 0;
+                    self.entries.retain_mut(|e| {
+                        i += 1;
+                        i - 1 < at[0] || !hit(e)
+                    });
+                    self.raw = None;
+                    return true;
+                }
+                at[n] = i;
+                n += 1;
+            }
+        }
+        for &i in at[..n].iter().rev() {
+            self.entries.remove(i);
+        }
+        if n > 0 {
+            self.raw = None;
+        }
+        n > 0
     }
 }
 
@@ -399,14 +461,14 @@ mod tests {
     #[test]
     fn text_by_encoding() {
         let mut buf = String::new();
-        let p = Str::encoded("a%20b+c", Enc::Percent);
+        let p = Str::new("a%20b+c", Enc::Percent);
         assert_eq!(p.text(), "a b c");
         assert_eq!(p.text_in(&mut buf), "a b c");
         assert_eq!(p.text_borrowed(), None);
-        let q = Str::encoded("\"x y\"", Enc::Quoted);
+        let q = Str::new("\"x y\"", Enc::Quoted);
         assert_eq!(q.text(), "x y");
         assert_eq!(q.raw(), Some("\"x y\""));
-        let mut s = Str::encoded("plain", Enc::Plain);
+        let mut s = Str::new("plain", Enc::Plain);
         assert!(!s.is_changed());
         s.set("new");
         assert_eq!(

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use super::cond::Ctx;
 use super::detect::{self, Kinds};
 use super::keys::KeyIndex;
-use super::select::{KeyPat, Selector};
+use super::select::Selector;
+use super::url;
+pub use super::url::StripUrl;
 use super::walk;
 use crate::decode::{Str, Value};
 
@@ -63,17 +65,6 @@ pub enum Piece {
     },
     Header(String),
     Cookie(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct StripUrl {
-    /// Allowlist of parameter names (globs); empty: no allowlist.
-    pub keep: Vec<KeyPat>,
-    /// Denylist of parameter names (globs).
-    pub drop: Vec<KeyPat>,
-    pub keep_fragment: bool,
-    /// Path segments matching a pattern are replaced (e.g. ids in `/order/123456`).
-    pub segments: Vec<(Regex, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,8 +138,8 @@ pub fn apply<'a>(
     idx: &KeyIndex,
 ) -> bool {
     match action {
-        Action::Drop(sels) => walk::remove(root, flat, sels, in_body, idx, &mut |_, _| {}),
-        Action::Keep(sels) => walk::retain(root, flat, sels, in_body, idx, &mut |_, _| {}),
+        Action::Drop(sels) => walk::remove(root, flat, sels, in_body, idx),
+        Action::Keep(sels) => walk::retain(root, flat, sels, in_body, idx),
         Action::Hash {
             fields,
             normalize,
@@ -165,15 +156,25 @@ pub fn apply<'a>(
             redact_value(v, *kinds, patterns, replace, key)
         }),
         Action::StripUrl { fields, how } => {
-            walk::visit(root, flat, fields, in_body, idx, &mut |_, v| match v {
-                Value::Str(st) => match strip_url(&st.text(), how) {
+            walk::visit(root, flat, fields, in_body, idx, &mut |_, v| {
+                let Value::Str(st) = v else { return false };
+                // A percent-encoded URL is cut as it is, without decoding it.
+                if let Some(raw) = st.percent_encoded().filter(|_| how.segments.is_empty()) {
+                    return match url::strip_encoded(raw, how) {
+                        Some(new) => {
+                            st.set_encoded(new);
+                            true
+                        }
+                        None => false,
+                    };
+                }
+                match url::strip(&st.text(), how) {
                     Some(new) => {
                         st.set(new);
                         true
                     }
                     None => false,
-                },
-                _ => false,
+                }
             })
         }
         Action::TruncateIp { fields, v4, v6 } => {
@@ -290,12 +291,12 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 /// Lower-case hex (the form vendors expect for hashed match keys).
 fn hex_lower(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
+        out.extend([HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
     }
-    out
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn hash_value(v: &mut Value<'_>, n: Option<Normalize>, alg: HashAlg, key: &HmacKey) -> bool {
@@ -388,73 +389,6 @@ fn truncate_value(v: &mut Value<'_>, v4: u8, v6: u8) -> bool {
     true
 }
 
-/// Removes query parameters (allowlist or denylist), the fragment, and matching path
-/// segments from a URL. Untouched parameters keep their exact text. `None`: nothing to change.
-pub fn strip_url(url: &str, how: &StripUrl) -> Option<String> {
-    // `#`, `?`, `&`, `=` are ASCII: every slice below is on a character boundary.
-    let (before_frag, frag) = match memchr::memchr(b'#', url.as_bytes()) {
-        Some(i) => (&url[..i], Some(&url[i + 1..])),
-        None => (url, None),
-    };
-    let (base, query) = match memchr::memchr(b'?', before_frag.as_bytes()) {
-        Some(i) => (&before_frag[..i], Some(&before_frag[i + 1..])),
-        None => (before_frag, None),
-    };
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&strip_path(base, &how.segments));
-    if let Some(q) = query {
-        let mut sep = '?';
-        let mut start = 0;
-        while start <= q.len() {
-            let end = memchr::memchr(b'&', &q.as_bytes()[start..]).map_or(q.len(), |i| start + i);
-            let pair = &q[start..end];
-            start = end + 1;
-            if pair.is_empty() {
-                continue;
-            }
-            let raw_name = memchr::memchr(b'=', pair.as_bytes()).map_or(pair, |i| &pair[..i]);
-            let name = crate::decode::query::unescape(raw_name);
-            let allowed = how.keep.is_empty() || how.keep.iter().any(|k| k.matches(&name));
-            if allowed && !how.drop.iter().any(|d| d.matches(&name)) {
-                out.push(sep);
-                out.push_str(pair);
-                sep = '&';
-            }
-        }
-    }
-    if let (Some(f), true) = (frag, how.keep_fragment) {
-        out.push('#');
-        out.push_str(f);
-    }
-    (out != url).then_some(out)
-}
-
-fn strip_path<'s>(base: &'s str, segments: &[(Regex, String)]) -> Cow<'s, str> {
-    if segments.is_empty() {
-        return Cow::Borrowed(base);
-    }
-    let (prefix, path) = match base
-        .find("://")
-        .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
-    {
-        Some(p) => (&base[..p], &base[p..]),
-        None => ("", base),
-    };
-    let new: Vec<Cow<'_, str>> = path
-        .split('/')
-        .map(|seg| {
-            match segments
-                .iter()
-                .find(|(re, _)| !seg.is_empty() && re.is_match(seg))
-            {
-                Some((_, with)) => Cow::Owned(with.clone()),
-                None => Cow::Borrowed(seg),
-            }
-        })
-        .collect();
-    Cow::Owned(format!("{prefix}{}", new.join("/")))
-}
-
 /// A detector set from names.
 pub fn kinds_from(names: &[String]) -> Result<Kinds, String> {
     let mut k = Kinds::none();
@@ -474,38 +408,6 @@ pub fn kinds_from(names: &[String]) -> Result<Kinds, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn how(keep: &[&str], drop: &[&str]) -> StripUrl {
-        StripUrl {
-            keep: keep.iter().map(|k| KeyPat::new(k)).collect(),
-            drop: drop.iter().map(|k| KeyPat::new(k)).collect(),
-            keep_fragment: false,
-            segments: vec![],
-        }
-    }
-
-    #[test]
-    fn strip_url_allowlist_denylist_fragment() {
-        let u = "https://shop.example/checkout?email=a%40b.c&utm_source=news&gclid=X1&x=1#top";
-        assert_eq!(
-            strip_url(u, &how(&["utm_*", "gclid"], &[])).unwrap(),
-            "https://shop.example/checkout?utm_source=news&gclid=X1"
-        );
-        assert_eq!(
-            strip_url(u, &how(&[], &["email"])).unwrap(),
-            "https://shop.example/checkout?utm_source=news&gclid=X1&x=1"
-        );
-        assert_eq!(
-            strip_url("https://shop.example/", &how(&["utm_*"], &[])),
-            None
-        );
-        let mut h = how(&[], &[]);
-        h.segments = vec![(Regex::new("^[0-9]{4,}$").unwrap(), "[id]".into())];
-        assert_eq!(
-            strip_url("https://s.example/order/123456/view", &h).unwrap(),
-            "https://s.example/order/[id]/view"
-        );
-    }
 
     #[test]
     fn normalisation_and_hashing() {

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod scan;
 pub mod select;
 pub mod tcf;
+pub mod url;
 pub mod walk;
 
 use action::{Action, HmacKey};
@@ -257,12 +258,10 @@ impl Program {
     ) -> Option<Outcome> {
         let unconditional = rule.when.is_empty() && rule.unless.is_empty();
         if !rule.per_event {
-            if !unconditional {
-                let layers: Vec<(&Value<'_>, bool)> =
-                    doc.parts.iter().map(|p| (&p.root, p.flat)).collect();
-                if !self.conds_hold(rule, ctx, doc, &EventView { layers: &layers }) {
-                    return None;
-                }
+            // Request-level conditions (consent, Sec-GPC, client address, bots) read no
+            // event's fields.
+            if !unconditional && !self.conds_hold(rule, ctx, doc, &EventView { layers: &[] }) {
+                return None;
             }
             if let Action::DropRequest = rule.action {
                 return Some(Outcome::Drop(rule.label.clone()));

@@ -10,7 +10,7 @@
 //! unescaped into one reused buffer rather than a new string each.
 
 use super::action::{HmacKey, Replace, redact_text};
-use super::detect::Kinds;
+use super::detect::{self, Kinds};
 use super::keys::KeyIndex;
 use super::select::Selector;
 use super::{Target, walk};
@@ -116,8 +116,11 @@ fn scan_flat(
         }
         match &mut e.value {
             Value::Str(s) if !s.trusted && !s.has_nested() => {
-                if let Some(new) = redact_text(s.text_in(buf), scan.kinds, &[], &scan.replace, key)
-                {
+                let text = s.text_in(buf);
+                if !detect::may_find(text, scan.kinds) {
+                    continue;
+                }
+                if let Some(new) = redact_text(text, scan.kinds, &[], &scan.replace, key) {
                     s.set(new);
                     changed = true;
                 }
@@ -154,7 +157,11 @@ fn scan_value(v: &mut Value<'_>, scan: &Scan, key: &HmacKey, buf: &mut String) -
                 }
                 return c;
             }
-            match redact_text(s.text_in(buf), scan.kinds, &[], &scan.replace, key) {
+            let text = s.text_in(buf);
+            if !detect::may_find(text, scan.kinds) {
+                return false;
+            }
+            match redact_text(text, scan.kinds, &[], &scan.replace, key) {
                 Some(new) => {
                     s.set(new);
                     true

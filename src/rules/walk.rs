@@ -153,38 +153,35 @@ fn children<'a>(v: &mut Value<'a>, f: &mut dyn FnMut(&str, &mut Value<'a>) -> bo
     c
 }
 
-/// Removes every field a selector of `sels` matches; `seen` gets each removed key and value.
-pub fn remove<'a>(
-    root: &mut Value<'a>,
+/// Removes every field a selector of `sels` matches.
+pub fn remove(
+    root: &mut Value<'_>,
     flat: bool,
     sels: &[Selector],
     in_body: bool,
     idx: &KeyIndex,
-    seen: &mut dyn FnMut(&str, &Value<'a>),
 ) -> bool {
     if !flat {
         let mut c = false;
         for sel in sels.iter().filter(|s| s.applies(in_body)) {
-            c |= remove_path(root, &sel.steps, seen);
+            c |= remove_path(root, &sel.steps);
         }
         return c;
     }
     let Value::Obj(obj) = root else { return false };
     let plan = Plan::new(sels, in_body);
-    let before = obj.entries.len();
-    obj.entries.retain_mut(|e| {
+    let mut changed = obj.remove_where(|e| {
         let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
-        let hit = (class & plan.mask != 0 || plan.direct.admits(&e.key))
-            && sels
-                .iter()
-                .any(|s| s.applies(in_body) && keys::flat_hit(s, class, &e.key));
-        if hit {
-            seen(&e.key, &e.value);
-        }
-        !hit
+        class & plan.mask != 0
+            || (plan.direct.admits(&e.key)
+                && sels
+                    .iter()
+                    .any(|s| s.applies(in_body) && keys::flat_hit(s, class, &e.key)))
     });
-    let mut changed = obj.entries.len() != before;
-    for e in &mut obj.entries {
+    if !plan.nested {
+        return changed;
+    }
+    for e in obj.entries.iter_mut() {
         if !has_nested(&e.value) {
             continue;
         }
@@ -195,7 +192,7 @@ pub fn remove<'a>(
                 }
                 if let Value::Str(s) = &mut e.value {
                     if let Some(n) = s.nested_mut() {
-                        if remove_path(&mut n.root, steps, seen) {
+                        if remove_path(&mut n.root, steps) {
                             s.touch();
                             changed = true;
                         }
@@ -207,48 +204,32 @@ pub fn remove<'a>(
     changed
 }
 
-fn remove_path<'a>(
-    v: &mut Value<'a>,
-    steps: &[Step],
-    seen: &mut dyn FnMut(&str, &Value<'a>),
-) -> bool {
+fn remove_path(v: &mut Value<'_>, steps: &[Step]) -> bool {
     let Some((step, rest)) = steps.split_first() else {
         return false;
     };
     let changed = match (step, &mut *v) {
         (Step::AnyDepth, _) => {
-            let mut c = remove_path(v, rest, seen);
-            c |= children(v, &mut |_, child| remove_path(child, steps, seen));
+            let mut c = remove_path(v, rest);
+            c |= children(v, &mut |_, child| remove_path(child, steps));
             c
         }
-        (Step::Key(p), Value::Obj(o)) if rest.is_empty() => {
-            let before = o.entries.len();
-            o.entries.retain(|e| {
-                let hit = p.matches(&e.key);
-                if hit {
-                    seen(&e.key, &e.value);
-                }
-                !hit
-            });
-            o.entries.len() != before
-        }
+        (Step::Key(p), Value::Obj(o)) if rest.is_empty() => o.remove_where(|e| p.matches(&e.key)),
         (Step::Key(p), Value::Obj(o)) => {
             let mut c = false;
-            for e in &mut o.entries {
+            for e in o.entries.iter_mut() {
                 if p.matches(&e.key) {
-                    c |= remove_path(&mut e.value, rest, seen);
+                    c |= remove_path(&mut e.value, rest);
                 }
             }
             c
         }
         (Step::Index(i), Value::Arr(a)) if rest.is_empty() && *i < a.items.len() => {
-            seen("", &a.items[*i]);
             a.items.remove(*i);
             true
         }
         (Step::Index(_), Value::Arr(_)) if rest.is_empty() => false,
         (Step::AnyIndex, Value::Arr(a)) if rest.is_empty() => {
-            a.items.iter().for_each(|item| seen("", item));
             let c = !a.items.is_empty();
             a.items.clear();
             c
@@ -256,17 +237,17 @@ fn remove_path<'a>(
         (Step::Index(i), Value::Arr(a)) => a
             .items
             .get_mut(*i)
-            .is_some_and(|item| remove_path(item, rest, seen)),
+            .is_some_and(|item| remove_path(item, rest)),
         (Step::AnyIndex, Value::Arr(a)) => {
             let mut c = false;
-            for item in &mut a.items {
-                c |= remove_path(item, rest, seen);
+            for item in a.items.iter_mut() {
+                c |= remove_path(item, rest);
             }
             c
         }
         (_, Value::Str(s)) => match s.nested_mut() {
             Some(n) => {
-                let c = remove_path(&mut n.root, steps, seen);
+                let c = remove_path(&mut n.root, steps);
                 if c {
                     s.touch();
                 }
@@ -283,44 +264,33 @@ fn remove_path<'a>(
 }
 
 /// Keeps only the fields some selector matches (and the containers on the way to them).
-pub fn retain<'a>(
-    root: &mut Value<'a>,
+pub fn retain(
+    root: &mut Value<'_>,
     flat: bool,
     sels: &[Selector],
     in_body: bool,
     idx: &KeyIndex,
-    seen: &mut dyn FnMut(&str, &Value<'a>),
 ) -> bool {
     if flat {
         let Value::Obj(obj) = root else { return false };
         let plan = Plan::new(sels, in_body);
-        let before = obj.entries.len();
-        obj.entries.retain_mut(|e| {
+        return obj.remove_where(|e| {
             let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
-            let keep = sels.iter().filter(|s| s.applies(in_body)).any(|s| {
+            !sels.iter().filter(|s| s.applies(in_body)).any(|s| {
                 keys::flat_hit(s, class, &e.key)
                     || (s.first.admits(&e.key) && s.nested.iter().any(|(k, _)| k.matches(&e.key)))
-            });
-            if !keep {
-                seen(&e.key, &e.value);
-            }
-            keep
+            })
         });
-        return obj.entries.len() != before;
     }
     let paths: Vec<&[Step]> = sels
         .iter()
         .filter(|s| s.applies(in_body))
         .map(|s| s.steps.as_slice())
         .collect();
-    retain_paths(root, &paths, seen)
+    retain_paths(root, &paths)
 }
 
-fn retain_paths<'a>(
-    v: &mut Value<'a>,
-    paths: &[&[Step]],
-    seen: &mut dyn FnMut(&str, &Value<'a>),
-) -> bool {
+fn retain_paths(v: &mut Value<'_>, paths: &[&[Step]]) -> bool {
     // A path that ends here or goes on with `**` keeps this whole subtree.
     if paths.iter().any(|p| p.is_empty() || p[0] == Step::AnyDepth) {
         return false;
@@ -338,12 +308,11 @@ fn retain_paths<'a>(
                     })
                     .collect();
                 if next.is_empty() {
-                    seen(&o.entries[i].key, &o.entries[i].value);
                     o.entries.remove(i);
                     c = true;
                     continue;
                 }
-                c |= retain_paths(&mut o.entries[i].value, &next, seen);
+                c |= retain_paths(&mut o.entries[i].value, &next);
                 i += 1;
             }
             c
@@ -361,12 +330,11 @@ fn retain_paths<'a>(
                     })
                     .collect();
                 if next.is_empty() {
-                    seen("", &a.items[i]);
                     a.items.remove(i);
                     c = true;
                     continue;
                 }
-                c |= retain_paths(&mut a.items[i], &next, seen);
+                c |= retain_paths(&mut a.items[i], &next);
                 i += 1;
             }
             c

@@ -218,7 +218,7 @@ proptest! {
         }
         let (obj, spaces) = query::decode(&q);
         let mut root = Value::Obj(obj);
-        walk::remove(&mut root, true, std::slice::from_ref(&sel), false, &idx, &mut |_, _| {});
+        walk::remove(&mut root, true, std::slice::from_ref(&sel), false, &idx);
         // And a visit that only reads must change nothing.
         walk::visit(&mut root, true, std::slice::from_ref(&sel), false, &idx, &mut |_, _| false);
         let Value::Obj(obj) = &root else { unreachable!() };
@@ -254,8 +254,7 @@ fn unescape_is_used_consistently_for_keys() {
         true,
         &[sel],
         false,
-        &KeyIndex::EMPTY,
-        &mut |_, _| {}
+        &KeyIndex::EMPTY
     ));
     let Value::Obj(o) = &root else { unreachable!() };
     assert_eq!(o.entries.len(), 1);

@@ -218,8 +218,8 @@ impl<'a> Parser<'a> {
         match self.peek() {
             Some(b'"') => self.string().map(|(text, raw)| {
                 Value::Str(match text {
-                    Cow::Borrowed(_) => Str::encoded(raw, Enc::Quoted),
-                    Cow::Owned(t) => Str::held(raw, t),
+                    Cow::Borrowed(_) => Str::new(raw, Enc::Quoted),
+                    Cow::Owned(t) => Str::with_text(raw, t),
                 })
             }),
             Some(b'{') if depth < MAX_DEPTH => self.object(depth + 1),

@@ -163,7 +163,7 @@ fn decode_part<'a>(
     } else {
         Cow::Borrowed(name)
     };
-    let value = Value::Str(Str::encoded(text, Enc::Plain));
+    let value = Value::Str(Str::new(text, Enc::Plain));
     Ok((
         Entry {
             key,

@@ -97,6 +97,22 @@ impl Kinds {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// The bits of [`arm`] that belong to kinds in the set.
+    #[inline]
+    fn arm_mask(self) -> u16 {
+        let bit = |k: Kind| self.contains(k) as u16;
+        let ip = bit(Kind::Ip);
+        (bit(Kind::Phone) * 0b11)
+            | bit(Kind::Card) << 2
+            | bit(Kind::Iban) << 3
+            | ip << 4
+            | bit(Kind::Jwt) << 5
+            | bit(Kind::Email) << 6
+            | ip << 7
+            | bit(Kind::Bearer) << 8
+            | bit(Kind::UrlSecret) << 9
+    }
 }
 
 /// One detected span: byte offsets into the text, on char boundaries.
@@ -225,12 +241,30 @@ const fn firsts() -> [u8; 256] {
     t
 }
 
-/// Runs the detectors whose trigger occurs in `b`; whether any pushed a finding.
-fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool {
+/// Whether the detectors could find anything in `text`: `false` when the one table-driven
+/// pass over its bytes shows that no detector's trigger occurs (most values of a beacon), so
+/// callers that check every value can skip the rest.
+#[inline]
+pub fn may_find(text: &str, kinds: Kinds) -> bool {
+    arm(text.as_bytes(), kinds) != 0
+}
+
+// Bits of [`arm`]'s result above the [`ANCHORED`] ones.
+/// [`ANCHORED`]'s IBAN detector's bit.
+const IBAN_BIT: u8 = 1 << 3;
+const ARM_EMAIL: u16 = 1 << 6;
+const ARM_IPV6: u16 = 1 << 7;
+const ARM_BEARER: u16 = 1 << 8;
+const ARM_URL_SECRET: u16 = 1 << 9;
+
+/// The detectors `b` arms among `kinds`: bit `k` for [`ANCHORED`]`[k]`, then the `ARM_*` bits.
+/// 0 when none can find anything.
+#[inline]
+fn arm(b: &[u8], kinds: Kinds) -> u16 {
     // Ids are the most common digit-heavy values (PostHog, Segment, Snowplow send several per
     // event); a whole value shaped like a UUID holds nothing the detectors look for.
     if is_uuid(b) {
-        return false;
+        return 0;
     }
     let (mut flags, mut counts) = (0u64, 0u64);
     for &c in b {
@@ -248,39 +282,52 @@ fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool
         counts >> 32 & 0xFFFF,
     );
     let n = b.len();
-    // Every detector needs one of these; most short values stop here.
-    if d < 2 && colons < 2 && !has(AT | PCT | QH | LETTER_J) && !(has(LETTER_B) && has(SPACE)) {
+    // Every detector needs one of these (the digit counts are the fewest any digit-driven
+    // detector below arms with); most values stop here.
+    let marks = has(AT | PCT | QH | LETTER_J) | (colons >= 2) | (has(LETTER_B) & has(SPACE));
+    let digits = (d >= 10) | ((d >= 8) & has(PLUS)) | ((d >= 4) & (dots >= 3));
+    let iban = has(UPPER) & (d >= 2) & (n >= 15);
+    if !(marks | digits | iban) {
+        return 0;
+    }
+    // Bit k for ANCHORED[k], then the ARM_* bits; only the kinds asked for. (`&` and `|` on
+    // booleans: no branch per condition.)
+    let on = ((d >= 8) & has(PLUS | PCT)) as u16
+        | (((d >= 10) & ((dots > 0) | has(SEP | SPACE | PCT))) as u16) << 1
+        | ((d >= 13) as u16) << 2
+        | (iban as u16) << 3
+        | (((d >= 4) & (dots >= 3)) as u16) << 4
+        | ((has(LETTER_J) & (dots >= 2) & (n >= 16)) as u16) << 5
+        | (((dots > 0) & has(AT | PCT) & (n >= 6)) as u16) << 6
+        | ((colons >= 2) as u16) << 7
+        | ((has(LETTER_B) & has(SPACE | PCT) & (n >= 27)) as u16) << 8
+        | ((has(QH | PCT) & has(EQ | PCT)) as u16) << 9;
+    on & kinds.arm_mask()
+}
+
+/// Runs the detectors whose trigger occurs in `b`; whether any pushed a finding.
+fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool {
+    let armed = arm(b, kinds);
+    if armed == 0 {
         return false;
     }
-    let armed = [
-        d >= 8 && has(PLUS | PCT),
-        d >= 10 && (dots > 0 || has(SEP | SPACE | PCT)),
-        d >= 13,
-        has(UPPER) && d >= 2 && n >= 15,
-        d >= 4 && dots >= 3,
-        has(LETTER_J) && dots >= 2 && n >= 16,
-    ];
-    let mut mask = 0u8;
-    for (k, ((kind, _), on)) in ANCHORED.iter().zip(armed).enumerate() {
-        mask |= ((on && kinds.contains(*kind)) as u8) << k;
-    }
     let base = out.len();
+    let mut mask = (armed & 0x3F) as u8;
+    if mask & IBAN_BIT != 0 && !has_iban_head(b) {
+        mask &= !IBAN_BIT;
+    }
     if mask != 0 {
         anchored(b, mask, out);
     }
-    let mut step = |kind: Kind, on: bool, detect: Detector| {
-        if on && kinds.contains(kind) && !(first_only && out.len() > base) {
+    let mut step = |bit: u16, detect: Detector| {
+        if armed & bit != 0 && !(first_only && out.len() > base) {
             detect(b, out);
         }
     };
-    step(Kind::Email, dots > 0 && has(AT | PCT) && n >= 6, email);
-    step(Kind::Ip, colons >= 2, ipv6);
-    step(
-        Kind::Bearer,
-        has(LETTER_B) && has(SPACE | PCT) && n >= 27,
-        bearer,
-    );
-    step(Kind::UrlSecret, has(QH | PCT) && has(EQ | PCT), url_secret);
+    step(ARM_EMAIL, email);
+    step(ARM_IPV6, ipv6);
+    step(ARM_BEARER, bearer);
+    step(ARM_URL_SECRET, url_secret);
     out.len() > base
 }
 
@@ -347,7 +394,27 @@ fn push(out: &mut Vec<Finding>, kind: Kind, start: usize, end: usize) {
 /// Part of a token: ASCII alphanumeric, `_`, or any non-ASCII byte (conservatively).
 #[inline(always)]
 fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+    WORD[c as usize]
+}
+
+static WORD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        i += 1;
+    }
+    t
+};
+
+/// Whether `b` has a country code and check digits (`GB82`) anywhere: every IBAN starts so,
+/// and a URL full of capitals and digits (click ids) rarely has one, so the IBAN detector's
+/// pass over it is skipped.
+fn has_iban_head(b: &[u8]) -> bool {
+    let digit = |i: usize| b[i].is_ascii_digit();
+    let upper = |i: usize| b[i].is_ascii_uppercase();
+    (3..b.len()).any(|i| digit(i) && digit(i - 1) && upper(i - 2) && upper(i - 3))
 }
 
 /// The byte a `%XX` escape at `i` stands for.
@@ -868,63 +935,76 @@ const SECRET_NAMES: [&str; 31] = [
 ];
 
 /// Values of secret parameters after the first `?` or `#`. Delimiters `&` `;` `?` `#` count raw
-/// or percent-encoded (GA4 carries page URLs with a second encoding layer), as does `=`. Walks
-/// from `=` to `=`, looking back for the name; only a secret's value is scanned to its end.
+/// or percent-encoded (GA4 carries page URLs with a second encoding layer), as does `=`. One
+/// pass, parameter by parameter: a name is what precedes the first `=` of its parameter, and
+/// only a secret's value is looked at for where it ends inside the parameter.
 fn url_secret(b: &[u8], out: &mut Vec<Finding>) {
-    let Some((q, ql)) = find_encoded(b, 0, b.len(), |c| c == b'?' || c == b'#') else {
+    let Some((q, ql)) = find_encoded(b, 0, b.len(), &QUERY_OPEN) else {
         return;
     };
-    let open = q + ql;
-    let mut i = open;
-    while let Some((eq, el)) = find_encoded(b, i, b.len(), |c| c == b'=') {
-        i = eq + el;
-        if !name_start(b, open, eq).is_some_and(|s| is_secret_name(&b[s..eq])) {
+    let mut s = q + ql; // where the current parameter starts
+    while let Some((at, len)) = find_encoded(b, s, b.len(), &EQ_OR_DELIMITER) {
+        let byte = if len == 1 {
+            b[at]
+        } else {
+            escape_at(b, at).unwrap_or(0)
+        };
+        let i = at + len;
+        if byte != b'=' {
+            s = i; // a parameter without a value
             continue;
         }
-        let end = find_encoded(b, i, b.len(), is_delimiter).map_or(b.len(), |d| d.0);
-        let stop = |c: &u8| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>');
-        let ve = b[i..end].iter().position(stop).map_or(end, |p| i + p);
-        if ve > i && !is_placeholder(&b[i..ve]) {
-            push(out, Kind::UrlSecret, i, ve);
+        // The value runs to the next delimiter.
+        let end = find_encoded(b, i, b.len(), &DELIMITER);
+        let end_at = end.map_or(b.len(), |d| d.0);
+        // Secret names are short; a long one is never looked up.
+        if at - s <= 40 && is_secret_name(&b[s..at]) {
+            let stop = |c: &u8| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>');
+            let ve = b[i..end_at].iter().position(stop).map_or(end_at, |p| i + p);
+            if ve > i && !is_placeholder(&b[i..ve]) {
+                push(out, Kind::UrlSecret, i, ve);
+            }
         }
-        i = end;
+        match end {
+            Some((d, dl)) => s = d + dl,
+            None => break,
+        }
     }
 }
 
-fn is_delimiter(c: u8) -> bool {
-    matches!(c, b'?' | b'#' | b'&' | b';')
+/// A set of the ASCII bytes [`find_encoded`] looks for: `hit[c]` for the bytes themselves,
+/// `stop[c]` for them and `%` (where an escape of one may start).
+struct Seps {
+    hit: [bool; 256],
+    stop: [bool; 256],
 }
 
-/// Start of the parameter name that ends at `eq`: after the previous delimiter, or `open`.
-/// `None` when `eq` is not the first `=` of its parameter, or the name is too long for a secret's.
-fn name_start(b: &[u8], open: usize, eq: usize) -> Option<usize> {
-    let mut k = eq;
-    while k > open && eq - k <= 40 {
-        let escape = k >= 3 && b[k - 3] == b'%';
-        let c = if escape { escape_at(b, k - 3) } else { None }.unwrap_or(b[k - 1]);
-        if is_delimiter(c) {
-            return Some(k);
-        } else if c == b'=' {
-            return None;
-        }
-        k -= 1;
+const fn seps(bytes: &[u8]) -> Seps {
+    let mut s = Seps {
+        hit: [false; 256],
+        stop: [false; 256],
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        s.hit[bytes[i] as usize] = true;
+        s.stop[bytes[i] as usize] = true;
+        i += 1;
     }
-    (k == open).then_some(k)
+    s.stop[b'%' as usize] = true;
+    s
 }
 
-/// The first byte in `b[from..end]` that `is` accepts, raw or as a `%XX` escape: (position,
-/// length).
-fn find_encoded(
-    b: &[u8],
-    mut from: usize,
-    end: usize,
-    is: impl Fn(u8) -> bool,
-) -> Option<(usize, usize)> {
+static QUERY_OPEN: Seps = seps(b"?#");
+static DELIMITER: Seps = seps(b"?#&;");
+static EQ_OR_DELIMITER: Seps = seps(b"=?#&;");
+
+/// The first byte in `b[from..end]` of `set`, raw or as a `%XX` escape: (position, length).
+fn find_encoded(b: &[u8], mut from: usize, end: usize, set: &Seps) -> Option<(usize, usize)> {
     loop {
-        let j = from + b[from..end].iter().position(|&c| is(c) || c == b'%')?;
+        let j = from + b[from..end].iter().position(|&c| set.stop[c as usize])?;
         if b[j] != b'%' {
             return Some((j, 1));
-        } else if escape_at(b, j).is_some_and(&is) {
+        } else if escape_at(b, j).is_some_and(|c| set.hit[c as usize]) {
             return Some((j, 3));
         }
         from = j + 1;

@@ -391,3 +391,17 @@ fn timing() {
         CLEAN.len()
     );
 }
+
+#[test]
+fn arming_bits_follow_the_anchored_table() {
+    // `arm` gives bit k to ANCHORED[k]: a kind's mask must include its anchored detectors.
+    for (k, (kind, _)) in ANCHORED.iter().enumerate() {
+        assert!(
+            Kinds::none().with(*kind).arm_mask() & 1 << k != 0,
+            "{kind:?}"
+        );
+    }
+    assert_eq!(ANCHORED[IBAN_BIT.trailing_zeros() as usize].0, Kind::Iban);
+    assert_eq!(Kinds::none().arm_mask(), 0);
+    assert_eq!(Kinds::all().arm_mask(), (1 << 10) - 1);
+}

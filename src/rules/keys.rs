@@ -294,6 +294,8 @@ pub(super) struct Plan {
     pub mask: u64,
     /// First bytes of the selectors matched directly (no bit).
     pub direct: super::select::ByteSet,
+    /// Whether some selector that applies has no bit (so `direct` means anything).
+    pub any_direct: bool,
     /// Whether a selector that applies reaches into nested documents.
     pub nested: bool,
 }
@@ -303,6 +305,7 @@ impl Plan {
         let mut plan = Plan {
             mask: 0,
             direct: Default::default(),
+            any_direct: false,
             nested: false,
         };
         for s in sels.iter().filter(|s| s.applies(in_body)) {
@@ -311,6 +314,7 @@ impl Plan {
                 plan.mask |= s.bit;
             } else {
                 plan.direct = plan.direct.union(s.first);
+                plan.any_direct = true;
             }
         }
         plan

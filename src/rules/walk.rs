@@ -24,10 +24,14 @@ pub fn visit<'a>(
     match root {
         Value::Obj(obj) if flat => {
             let plan = Plan::new(sels, in_body);
-            for e in &mut obj.entries {
-                let nested = has_nested(&e.value);
+            for e in obj.entries.iter_mut() {
                 let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
-                if class & plan.mask == 0 && !plan.direct.admits(&e.key) && !nested {
+                // Most fields are passed over by their bits alone.
+                let nested = plan.nested && has_nested(&e.value);
+                if class & plan.mask == 0
+                    && !(plan.any_direct && plan.direct.admits(&e.key))
+                    && !nested
+                {
                     continue;
                 }
                 for sel in sels.iter().filter(|s| s.applies(in_body)) {

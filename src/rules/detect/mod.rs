@@ -246,7 +246,9 @@ const fn firsts() -> [u8; 256] {
 /// callers that check every value can skip the rest.
 #[inline]
 pub fn may_find(text: &str, kinds: Kinds) -> bool {
-    arm(text.as_bytes(), kinds) != 0
+    // The shortest thing any detector finds is three bytes long (`::1`); a beacon has many
+    // one-character values (`v=2`, `_s=1`).
+    text.len() >= 3 && arm(text.as_bytes(), kinds) != 0
 }
 
 // Bits of [`arm`]'s result above the [`ANCHORED`] ones.

@@ -405,3 +405,20 @@ fn arming_bits_follow_the_anchored_table() {
     assert_eq!(Kinds::none().arm_mask(), 0);
     assert_eq!(Kinds::all().arm_mask(), (1 << 10) - 1);
 }
+
+#[test]
+fn nothing_shorter_than_three_bytes_is_found() {
+    // `may_find` skips such values without looking: hold every detector to it.
+    let chars = b"0123456789:.@%+=?#&-( bBJeyAZaz/\x80";
+    for &a in chars {
+        for &b in chars {
+            for t in [vec![a], vec![a, b]] {
+                let t = String::from_utf8_lossy(&t).into_owned();
+                if t.len() < 3 {
+                    assert!(found(&t).is_empty(), "{t:?}");
+                }
+            }
+        }
+    }
+    assert!(!found("::1").is_empty(), "the shortest finding");
+}

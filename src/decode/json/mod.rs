@@ -37,8 +37,12 @@ pub fn parse(text: &str) -> Result<Value<'_>, JsonError> {
         i: 0,
         items,
         entries,
+        err: None,
     };
-    let v = p.value(0)?;
+    let v = p.value(0);
+    if let Some(e) = p.err {
+        return Err(e);
+    }
     p.ws();
     if p.i != text.len() {
         return Err(err(p.i, "unexpected text after the value"));
@@ -184,6 +188,11 @@ fn scan(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// The text between a JSON literal's quotes.
+fn unquote(raw: &str) -> &str {
+    raw.get(1..raw.len().saturating_sub(1)).unwrap_or("")
+}
+
 /// The index after a run of ASCII digits starting at `i`.
 fn digits(b: &[u8], i: usize) -> usize {
     i + b[i.min(b.len())..]
@@ -199,7 +208,21 @@ struct Parser<'a> {
     /// allocation, one copy) when each one closes.
     items: Vec<Value<'a>>,
     entries: Vec<Entry<'a>>,
+    /// The first error; once set, parsing unwinds with placeholder values. (Returning
+    /// `Result`s moved every node through memory once more, in narrower stores than the
+    /// loads that read it back: a store-forwarding stall per node.)
+    err: Option<JsonError>,
 }
+
+/// Where [`Parser::value_at`] writes.
+#[derive(Clone, Copy)]
+enum Slot {
+    Entry(usize),
+    Item(usize),
+}
+
+/// What a parse that failed returns on its way out.
+const FAILED: Value<'static> = Value::Lit(Cow::Borrowed(""));
 
 impl<'a> Parser<'a> {
     fn peek(&self) -> Option<u8> {
@@ -212,57 +235,113 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Records an error (the first one wins) and returns [`FAILED`].
+    #[cold]
+    fn fail(&mut self, offset: usize, msg: &'static str) -> Value<'a> {
+        self.err.get_or_insert(err(offset, msg));
+        FAILED
+    }
+
     /// A value after optional whitespace; `depth` is the number of containers around it.
-    fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+    fn value(&mut self, depth: usize) -> Value<'a> {
         self.ws();
         match self.peek() {
-            Some(b'"') => self.string().map(|(text, raw)| {
-                Value::Str(match text {
-                    Cow::Borrowed(_) => Str::new(raw, Enc::Quoted),
-                    Cow::Owned(t) => Str::with_text(raw, t),
-                })
-            }),
+            Some(b'"') => match self.string() {
+                (raw, None) => Value::Str(Str::new(raw, Enc::Quoted)),
+                (raw, Some(t)) => Value::Str(Str::with_text(raw, t)),
+            },
             Some(b'{') if depth < MAX_DEPTH => self.object(depth + 1),
             Some(b'[') if depth < MAX_DEPTH => self.array(depth + 1),
-            Some(b'{' | b'[') => Err(err(self.i, "nesting too deep")),
+            Some(b'{' | b'[') => self.fail(self.i, "nesting too deep"),
             Some(b't') => self.word("true"),
             Some(b'f') => self.word("false"),
             Some(b'n') => self.word("null"),
             Some(b'-' | b'0'..=b'9') => self.number(),
-            Some(_) => Err(err(self.i, "expected a value")),
-            None => Err(err(self.i, "unexpected end of input")),
+            Some(_) => self.fail(self.i, "expected a value"),
+            None => self.fail(self.i, "unexpected end of input"),
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+    /// [`Self::value`] written into a member's or item's place in the scratch stacks. A
+    /// string, most members, is built right there: a node returned and then pushed is
+    /// staged on the stack and reloaded with wider loads than it was stored with.
+    #[inline(always)]
+    fn value_at(&mut self, depth: usize, at: Slot) {
+        self.ws();
+        let v = match self.peek() {
+            Some(b'"') => {
+                let (raw, escaped) = self.string();
+                let slot = match at {
+                    Slot::Entry(i) => self.entries.get_mut(i).map(|e| &mut e.value),
+                    Slot::Item(i) => self.items.get_mut(i),
+                };
+                if let Some(slot) = slot {
+                    *slot = match escaped {
+                        None => Value::Str(Str::new(raw, Enc::Quoted)),
+                        Some(t) => Value::Str(Str::with_text(raw, t)),
+                    };
+                }
+                return;
+            }
+            _ => self.value(depth),
+        };
+        match at {
+            Slot::Entry(i) => {
+                if let Some(e) = self.entries.get_mut(i) {
+                    e.value = v;
+                }
+            }
+            Slot::Item(i) => {
+                if let Some(slot) = self.items.get_mut(i) {
+                    *slot = v;
+                }
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Value<'a> {
         let (start, base) = (self.i, self.entries.len());
         self.i += 1;
         self.ws();
         if self.peek() != Some(b'}') {
             loop {
                 if self.peek() != Some(b'"') {
-                    return Err(err(self.i, "expected a string key"));
+                    return self.fail(self.i, "expected a string key");
                 }
-                let (key, raw_key) = self.string()?;
+                let (raw_key, escaped) = self.string();
                 self.ws();
+                if self.err.is_some() {
+                    return FAILED;
+                }
                 if self.peek() != Some(b':') {
-                    return Err(err(self.i, "expected `:`"));
+                    return self.fail(self.i, "expected `:`");
                 }
                 self.i += 1;
-                let value = self.value(depth)?;
-                let raw_key = Some(raw_key);
-                self.entries.push(Entry {
-                    key,
-                    raw_key,
-                    value,
+                // The member first, its value then parsed into it (nested containers use
+                // the stack above it and give it back before they return). Pushed with
+                // `once_with`, which builds it in place after the growth check: an entry
+                // built before `push` is staged on the stack around the check and reloaded
+                // with wider loads than it was stored with (a store-forwarding stall).
+                let at = self.entries.len();
+                self.entries.extend(std::iter::once_with(|| Entry {
+                    key: Cow::Borrowed(unquote(raw_key)),
+                    raw_key: Some(raw_key),
+                    value: FAILED,
                     class: 0,
                     bare: false,
-                });
+                }));
+                if let (Some(t), Some(e)) = (escaped, self.entries.last_mut()) {
+                    e.key = Cow::Owned(t);
+                }
+                self.value_at(depth, Slot::Entry(at));
+                if self.err.is_some() {
+                    return FAILED;
+                }
                 self.ws();
                 match self.peek() {
                     Some(b',') => self.i += 1,
                     Some(b'}') => break,
-                    _ => return Err(err(self.i, "expected `,` or `}`")),
+                    _ => return self.fail(self.i, "expected `,` or `}`"),
                 }
                 self.ws();
             }
@@ -270,85 +349,92 @@ impl<'a> Parser<'a> {
         self.i += 1;
         let entries: ThinVec<Entry<'a>> = self.entries.drain(base..).collect();
         let raw = Some(&self.src[start..self.i]);
-        Ok(Value::Obj(Obj { entries, raw }))
+        Value::Obj(Obj { entries, raw })
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+    fn array(&mut self, depth: usize) -> Value<'a> {
         let (start, base) = (self.i, self.items.len());
         self.i += 1;
         self.ws();
         if self.peek() != Some(b']') {
             loop {
-                let item = self.value(depth)?;
-                self.items.push(item);
+                let at = self.items.len();
+                self.items.extend(std::iter::once_with(|| FAILED));
+                self.value_at(depth, Slot::Item(at));
+                if self.err.is_some() {
+                    return FAILED;
+                }
                 self.ws();
                 match self.peek() {
                     Some(b',') => self.i += 1,
                     Some(b']') => break,
-                    _ => return Err(err(self.i, "expected `,` or `]`")),
+                    _ => return self.fail(self.i, "expected `,` or `]`"),
                 }
             }
         }
         self.i += 1;
         let items: ThinVec<Value<'a>> = self.items.drain(base..).collect();
         let raw = Some(&self.src[start..self.i]);
-        Ok(Value::Arr(Arr { items, raw }))
+        Value::Arr(Arr { items, raw })
     }
 
-    fn word(&mut self, w: &'static str) -> Result<Value<'a>, JsonError> {
+    fn word(&mut self, w: &'static str) -> Value<'a> {
         let start = self.i;
         if !self.src.as_bytes()[start..].starts_with(w.as_bytes()) {
-            return Err(err(start, "invalid literal"));
+            return self.fail(start, "invalid literal");
         }
         self.i += w.len();
-        Ok(Value::Lit(Cow::Borrowed(&self.src[start..self.i])))
+        Value::Lit(Cow::Borrowed(&self.src[start..self.i]))
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, kept as its text.
-    fn number(&mut self) -> Result<Value<'a>, JsonError> {
+    fn number(&mut self) -> Value<'a> {
         let (b, start) = (self.src.as_bytes(), self.i);
         let mut i = start + usize::from(b[start] == b'-');
         i = match b.get(i) {
             Some(b'0') => i + 1,
             Some(b'1'..=b'9') => digits(b, i + 1),
-            _ => return Err(err(i, "expected a digit")),
+            _ => return self.fail(i, "expected a digit"),
         };
         if b.get(i) == Some(&b'.') {
             i = match digits(b, i + 1) {
-                end if end == i + 1 => return Err(err(end, "expected a digit after `.`")),
+                end if end == i + 1 => return self.fail(end, "expected a digit after `.`"),
                 end => end,
             };
         }
         if let Some(b'e' | b'E') = b.get(i) {
             i += 1 + usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
             i = match digits(b, i) {
-                end if end == i => return Err(err(end, "expected a digit in the exponent")),
+                end if end == i => return self.fail(end, "expected a digit in the exponent"),
                 end => end,
             };
         }
         self.i = i;
-        Ok(Value::Lit(Cow::Borrowed(&self.src[start..i])))
+        Value::Lit(Cow::Borrowed(&self.src[start..i]))
     }
 
-    /// A string literal at `self.i` (on its `"`): its decoded text and its exact text.
+    /// A string literal at `self.i` (on its `"`): its exact text, and its decoded text when
+    /// that is not the text between the quotes (it has escapes). On an error, records it.
     #[inline(always)]
-    fn string(&mut self) -> Result<(Cow<'a, str>, &'a str), JsonError> {
+    fn string(&mut self) -> (&'a str, Option<String>) {
         let start = self.i;
         let i = scan(self.src.as_bytes(), start + 1);
         if self.src.as_bytes().get(i) != Some(&b'"') {
-            return self.escaped(start, i);
+            return match self.escaped(start, i) {
+                Ok((text, raw)) => (raw, Some(text)),
+                Err(e) => {
+                    self.err.get_or_insert(e);
+                    ("", None)
+                }
+            };
         }
         self.i = i + 1;
-        Ok((Cow::Borrowed(&self.src[start + 1..i]), &self.src[start..=i]))
+        (&self.src[start..=i], None)
     }
 
     /// The rest of [`Self::string`] from `i`, its first `\`, control character or end.
     #[cold]
-    fn escaped(
-        &mut self,
-        start: usize,
-        mut i: usize,
-    ) -> Result<(Cow<'a, str>, &'a str), JsonError> {
+    fn escaped(&mut self, start: usize, mut i: usize) -> Result<(String, &'a str), JsonError> {
         let (src, b) = (self.src, self.src.as_bytes());
         let mut out = String::with_capacity(i - start + 16);
         let mut chunk = start + 1;
@@ -363,7 +449,7 @@ impl<'a> Parser<'a> {
             i = scan(b, chunk);
         }
         self.i = i + 1;
-        Ok((Cow::Owned(out), &src[start..self.i]))
+        Ok((out, &src[start..self.i]))
     }
 
     /// Decodes the escape at `i` (on its `\`) onto `out`; returns the index after it.

@@ -342,6 +342,26 @@ pub fn redact_text(
     replace: &Replace,
     key: &HmacKey,
 ) -> Option<String> {
+    redact_text_triggered(
+        text,
+        detect::triggers(text, kinds),
+        kinds,
+        patterns,
+        replace,
+        key,
+    )
+}
+
+/// [`redact_text`] with the detectors' [`detect::triggers`] of `text` already known (the
+/// scan asks for them first, to pass over clean values).
+pub fn redact_text_triggered(
+    text: &str,
+    first: detect::Triggers,
+    kinds: Kinds,
+    patterns: &[Regex],
+    replace: &Replace,
+    key: &HmacKey,
+) -> Option<String> {
     let by = |label: &str, found: &str| match replace {
         Replace::Placeholder(Some(p)) => p.clone(),
         Replace::Placeholder(None) => format!("[{label}]"),
@@ -353,9 +373,14 @@ pub fn redact_text(
         // becomes `2001:db8::[email]`, where the address now ends a token): detect again until
         // nothing more is found, so that redacting is idempotent. Bounded; the common case
         // (nothing found) is one pass.
-        for _ in 0..4 {
+        for pass in 0..4 {
             let t = current.as_deref().unwrap_or(text);
-            match detect::redact(t, kinds, &mut |k, found| by(k.name(), found)) {
+            let triggers = if pass == 0 {
+                first
+            } else {
+                detect::triggers(t, kinds)
+            };
+            match detect::redact_triggered(t, triggers, &mut |k, found| by(k.name(), found)) {
                 Some(next) => current = Some(next),
                 None => break,
             }

@@ -9,7 +9,7 @@
 //! bits ([`super::keys`]) rather than marked by a walk, and percent-encoded values are
 //! unescaped into one reused buffer rather than a new string each.
 
-use super::action::{HmacKey, Replace, redact_text};
+use super::action::{HmacKey, Replace, redact_text_triggered};
 use super::detect::{self, Kinds};
 use super::keys::KeyIndex;
 use super::select::Selector;
@@ -117,10 +117,13 @@ fn scan_flat(
         match &mut e.value {
             Value::Str(s) if !s.trusted && !s.has_nested() => {
                 let text = s.text_in(buf);
-                if !detect::may_find(text, scan.kinds) {
+                let triggers = detect::triggers(text, scan.kinds);
+                if !triggers.any() {
                     continue;
                 }
-                if let Some(new) = redact_text(text, scan.kinds, &[], &scan.replace, key) {
+                if let Some(new) =
+                    redact_text_triggered(text, triggers, scan.kinds, &[], &scan.replace, key)
+                {
                     s.set(new);
                     changed = true;
                 }
@@ -158,10 +161,11 @@ fn scan_value(v: &mut Value<'_>, scan: &Scan, key: &HmacKey, buf: &mut String) -
                 return c;
             }
             let text = s.text_in(buf);
-            if !detect::may_find(text, scan.kinds) {
+            let triggers = detect::triggers(text, scan.kinds);
+            if !triggers.any() {
                 return false;
             }
-            match redact_text(text, scan.kinds, &[], &scan.replace, key) {
+            match redact_text_triggered(text, triggers, scan.kinds, &[], &scan.replace, key) {
                 Some(new) => {
                     s.set(new);
                     true

@@ -167,8 +167,15 @@ impl Cut<'_> {
             return;
         }
         let name = &self.raw[start..name_end.unwrap_or(end)];
-        // The name as [`strip`] reads it: the URL's text decoded, then unescaped.
-        if self.how.keeps(&unescape(&unescape(name))) {
+        // The name as [`strip`] reads it: the URL's text decoded, then unescaped (names are
+        // nearly always plain: `utm_source`).
+        let plain = !name.bytes().any(|c| c == b'%' || c == b'+');
+        let keeps = if plain {
+            self.how.keeps(name)
+        } else {
+            self.how.keeps(&unescape(&unescape(name)))
+        };
+        if keeps {
             let sep = if self.kept { &self.sep } else { &self.question };
             self.out.push_str(&self.raw[sep.clone()]);
             self.out.push_str(&self.raw[start..end]);

@@ -177,7 +177,8 @@ pub fn remove(
     let mut changed = obj.remove_where(|e| {
         let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
         class & plan.mask != 0
-            || (plan.direct.admits(&e.key)
+            || (plan.any_direct
+                && plan.direct.admits(&e.key)
                 && sels
                     .iter()
                     .any(|s| s.applies(in_body) && keys::flat_hit(s, class, &e.key)))

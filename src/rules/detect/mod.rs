@@ -144,8 +144,19 @@ pub fn redact(
     kinds: Kinds,
     replace: &mut dyn FnMut(Kind, &str) -> String,
 ) -> Option<String> {
+    redact_triggered(text, triggers(text, kinds), replace)
+}
+
+/// [`redact`] with the [`triggers`] of `text` already known.
+pub fn redact_triggered(
+    text: &str,
+    triggers: Triggers,
+    replace: &mut dyn FnMut(Kind, &str) -> String,
+) -> Option<String> {
     let mut found = Vec::new();
-    find(text, kinds, &mut found);
+    if run_armed(text.as_bytes(), triggers.0, &mut found, false) {
+        resolve(&mut found, 0);
+    }
     if found.is_empty() {
         return None;
     }
@@ -246,9 +257,30 @@ const fn firsts() -> [u8; 256] {
 /// callers that check every value can skip the rest.
 #[inline]
 pub fn may_find(text: &str, kinds: Kinds) -> bool {
+    triggers(text, kinds).any()
+}
+
+/// Which of `kinds`' detectors the bytes of a text arm, from one pass over them: what
+/// [`may_find`] decides from, kept so that [`redact_triggered`] does not look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Triggers(u16);
+
+impl Triggers {
+    /// Whether any detector could find something.
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+}
+
+/// The [`Triggers`] of `text`.
+#[inline]
+pub fn triggers(text: &str, kinds: Kinds) -> Triggers {
     // The shortest thing any detector finds is three bytes long (`::1`); a beacon has many
     // one-character values (`v=2`, `_s=1`).
-    text.len() >= 3 && arm(text.as_bytes(), kinds) != 0
+    if text.len() < 3 {
+        return Triggers(0);
+    }
+    Triggers(arm(text.as_bytes(), kinds))
 }
 
 // Bits of [`arm`]'s result above the [`ANCHORED`] ones.
@@ -309,7 +341,11 @@ fn arm(b: &[u8], kinds: Kinds) -> u16 {
 
 /// Runs the detectors whose trigger occurs in `b`; whether any pushed a finding.
 fn run(b: &[u8], kinds: Kinds, out: &mut Vec<Finding>, first_only: bool) -> bool {
-    let armed = arm(b, kinds);
+    run_armed(b, arm(b, kinds), out, first_only)
+}
+
+/// [`run`] with the detectors [`arm`] gave.
+fn run_armed(b: &[u8], armed: u16, out: &mut Vec<Finding>, first_only: bool) -> bool {
     if armed == 0 {
         return false;
     }

@@ -73,6 +73,23 @@ pub fn block_at<'b>(b: &'b [u8], at: usize, pad: &'b mut [u8; 64]) -> &'b [u8; 6
     }
 }
 
+/// Where a JSON string's plain run ends: `(index, true)` for the first `"`, `\` or control
+/// character (below 0x20) in `b` from `i`, found 16 bytes a step with SSE2; `(index, false)`
+/// when fewer than 16 bytes are left from `index` without one (the caller searches those).
+#[inline]
+pub fn json_run_end(b: &[u8], i: usize) -> (usize, bool) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        // SAFETY: SSE2 is enabled for this build (checked by the `cfg` above; every x86_64
+        // CPU has it), and `sse2::json_run_end` reads only bytes of `b`.
+        unsafe { sse2::json_run_end(b, i) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        (i, false)
+    }
+}
+
 /// The bits `from..to` (both at most 64).
 #[inline(always)]
 pub fn bits(from: u32, to: u32) -> u64 {
@@ -84,6 +101,37 @@ pub fn bits(from: u32, to: u32) -> u64 {
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod sse2 {
     use std::arch::x86_64::*;
+
+    /// [`super::json_run_end`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have SSE2.
+    #[target_feature(enable = "sse2")]
+    #[inline]
+    pub unsafe fn json_run_end(b: &[u8], mut i: usize) -> (usize, bool) {
+        let (quote, backslash, low) = (
+            _mm_set1_epi8(b'"' as i8),
+            _mm_set1_epi8(b'\\' as i8),
+            _mm_set1_epi8(0x1F),
+        );
+        while let Some(chunk) = b.get(i..).and_then(|r| r.first_chunk::<16>()) {
+            // SAFETY: `chunk` is 16 bytes; unaligned loads are allowed.
+            let x = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
+            // A byte is at most 0x1F when max(byte, 0x1F) is 0x1F (unsigned).
+            let control = _mm_cmpeq_epi8(_mm_max_epu8(x, low), low);
+            let hits = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
+                control,
+            );
+            let m = _mm_movemask_epi8(hits) as u32;
+            if m != 0 {
+                return (i + m.trailing_zeros() as usize, true);
+            }
+            i += 16;
+        }
+        (i, false)
+    }
 
     /// # Safety
     ///
@@ -118,6 +166,24 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A JSON run ends at the first quote, backslash or control byte, or leaves fewer
+        /// than 16 bytes unsearched.
+        #[test]
+        fn json_runs_end_at_the_first_special_byte(
+            b in proptest::collection::vec(proptest::sample::select(b"a\"\\\x00\x1f\x20\x7f\x80\xff".to_vec()), 0..60),
+            from in 0usize..60,
+        ) {
+            let from = from.min(b.len());
+            let first = (from..b.len()).find(|&k| matches!(b[k], b'"' | b'\\') || b[k] < 0x20);
+            match json_run_end(&b, from) {
+                (at, true) => proptest::prop_assert_eq!(Some(at), first),
+                (at, false) => {
+                    proptest::prop_assert!(b.len() - at < 16);
+                    proptest::prop_assert!(first.is_none_or(|f| f >= at));
+                }
+            }
+        }
+
         /// The SSE2 masks (where built) are the byte-by-byte ones.
         #[test]
         fn masks_match_the_scalar_reference(

@@ -166,7 +166,12 @@ fn err(offset: usize, msg: &'static str) -> JsonError {
 /// Eight bytes at a time: the classic "has zero byte" / "has byte less than" bit tricks only
 /// give false positives above a true match, so the lowest flagged byte is the first match.
 #[inline]
-fn scan(b: &[u8], mut i: usize) -> usize {
+fn scan(b: &[u8], i: usize) -> usize {
+    // 16 bytes a step while there are that many; eight, then one, for the rest.
+    let (mut i, found) = super::mask::json_run_end(b, i);
+    if found {
+        return i;
+    }
     const ONES: u64 = 0x0101_0101_0101_0101;
     while let Some(&chunk) = b.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
         let x = u64::from_le_bytes(chunk);

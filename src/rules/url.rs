@@ -98,13 +98,13 @@ pub fn strip_encoded(raw: &str, how: &StripUrl) -> Option<String> {
             let (byte, len) = if escapes & 1 << bit == 0 {
                 (b[at], 1)
             } else {
-                // Every `%XX` with two hex digits is an escape wherever it is: a `%` is never
-                // a hex digit of another one.
+                // Every `%XX` with two hex digits is an escape wherever it is (a `%` is never
+                // a hex digit of another one); only four of them are separators.
                 match b.get(at + 1..at + 3) {
-                    Some(&[h, l]) => match (hex(h), hex(l)) {
-                        (Some(h), Some(l)) => (h << 4 | l, 3),
-                        _ => continue,
-                    },
+                    Some(b"3F" | b"3f") => (b'?', 3),
+                    Some(b"23") => (b'#', 3),
+                    Some(b"26") => (b'&', 3),
+                    Some(b"3D" | b"3d") => (b'=', 3),
                     _ => continue,
                 }
             };
@@ -181,16 +181,6 @@ impl Cut<'_> {
             self.out.push_str(&self.raw[start..end]);
             self.kept = true;
         }
-    }
-}
-
-#[inline(always)]
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -205,7 +205,8 @@ pub fn apply<'a>(
 /// Renders a template; `None` when a piece has no value (no public client address, a missing
 /// header): the field is then not set at all rather than set wrong.
 pub fn render(tpl: &[Piece], ctx: &Ctx<'_>) -> Option<String> {
-    let mut out = String::new();
+    // An address is at most 39 bytes (IPv6).
+    let mut out = String::with_capacity(40);
     for p in tpl {
         match p {
             Piece::Text(t) => out.push_str(t),

@@ -95,10 +95,13 @@ impl KeyPat {
 /// The first (up to) 8 bytes of `s` as a little-endian integer, zero-padded.
 #[inline(always)]
 fn head8(s: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = s.len().min(8);
-    b[..n].copy_from_slice(&s[..n]);
-    u64::from_le_bytes(b)
+    if let Some(c) = s.first_chunk::<8>() {
+        return u64::from_le_bytes(*c);
+    }
+    // Shorter: byte by byte (a copy of a variable length into a buffer is a `memcpy` call).
+    s.iter()
+        .enumerate()
+        .fold(0, |w, (i, &c)| w | (c as u64) << (8 * i))
 }
 
 /// Byte equality of two slices of the same length. Keys are short (2–30 bytes): an inline
@@ -132,8 +135,9 @@ impl Glob {
         if s.len() < self.min_len || head8(s) & self.head_mask != self.head {
             return false;
         }
+        // A lead of up to 8 bytes is all in `head` (and `s` is at least as long).
         let first = self.pieces[0].as_bytes();
-        if !same(&s[..first.len()], first) {
+        if first.len() > 8 && !same(&s[..first.len()], first) {
             return false;
         }
         s = &s[first.len()..];

@@ -234,7 +234,16 @@ impl Memo {
         // Two ways per set: the few dozen keys of a payload collide in pairs now and then, and
         // a direct-mapped pair would evict each other on every request.
         let set = hash(index, key.len(), &words) * 2;
-        let hit = |s: &MemoSlot| s.index == index && s.len as usize == key.len() && s.key == words;
+        // Word by word: comparing the arrays whole loaded the words back from the stack in
+        // wider loads than they were stored with (a store-forwarding stall per key).
+        let [w0, w1, w2] = words;
+        let hit = |s: &MemoSlot| {
+            s.index == index
+                && s.len as usize == key.len()
+                && s.key[0] == w0
+                && s.key[1] == w1
+                && s.key[2] == w2
+        };
         let Some(ways) = self.slots.get_mut(set..set + 2) else {
             return classify();
         };

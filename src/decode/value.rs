@@ -402,45 +402,55 @@ impl<'a> Obj<'a> {
     }
 
     /// Removes the entries `hit` selects, keeping the order of the others; whether any went.
-    /// `hit` sees every entry once, in order, unless more than a few are removed (then it
-    /// sees them again).
+    /// `hit` sees every entry once, in order.
     ///
-    /// A rule removes a few fields of many (GA4's personal `ep.*` parameters): those are
-    /// taken out one by one, shifting the rest once each, rather than by moving every later
-    /// entry along by swaps.
+    /// A rule removes a few fields of many (GA4's personal `ep.*` parameters): each run of
+    /// neighbours is drained with one shift of the tail, rather than every later entry moved
+    /// along by swaps; many removals take one pass. `hit` is called from one place only, so
+    /// it is inlined into the loop.
+    #[inline]
     pub fn remove_where(&mut self, mut hit: impl FnMut(&mut Entry<'a>) -> bool) -> bool {
         const FEW: usize = 8;
-        let (mut at, mut n) = ([0usize; FEW], 0);
+        let n = self.entries.len();
+        // Which entries go, a bit each (on the stack for up to 256 entries).
+        let (mut small, mut big) = ([0u64; 4], Vec::new());
+        let gone: &mut [u64] = if n <= 256 {
+            &mut small
+        } else {
+            big.resize(n.div_ceil(64), 0);
+            &mut big
+        };
+        let mut count = 0;
         for (i, e) in self.entries.iter_mut().enumerate() {
             if hit(e) {
-                if n == FEW {
-                    // Many: one pass that moves each remaining entry once (by swaps).
-                    let mut i = 0;
-                    self.entries.retain_mut(|e| {
-                        i += 1;
-                        i - 1 < at[0] || !hit(e)
-                    });
-                    self.raw = None;
-                    return true;
-                }
-                at[n] = i;
-                n += 1;
+                gone[i / 64] |= 1 << (i % 64);
+                count += 1;
             }
         }
-        // From the back, a run of neighbours at a time (one shift of the tail per run).
-        let mut k = n;
-        while k > 0 {
-            let end = at[k - 1] + 1;
-            k -= 1;
-            while k > 0 && at[k - 1] + 1 == at[k] {
-                k -= 1;
+        if count == 0 {
+            return false;
+        }
+        self.raw = None;
+        let is_gone = |i: usize| gone[i / 64] & 1 << (i % 64) != 0;
+        if count > FEW {
+            let mut i = 0;
+            self.entries.retain_mut(|_| {
+                i += 1;
+                !is_gone(i - 1)
+            });
+            return true;
+        }
+        // From the back, a run of neighbours at a time.
+        let mut end = n;
+        while let Some(last) = (0..end).rev().find(|&i| is_gone(i)) {
+            let mut start = last;
+            while start > 0 && is_gone(start - 1) {
+                start -= 1;
             }
-            self.entries.drain(at[k]..end);
+            self.entries.drain(start..=last);
+            end = start;
         }
-        if n > 0 {
-            self.raw = None;
-        }
-        n > 0
+        true
     }
 }
 

@@ -186,13 +186,20 @@ impl KeyIndex {
         bits
     }
 
-    /// The entry's bits, classifying it on first use.
-    #[inline]
+    /// The entry's bits, classifying it on first use (rare after [`KeyIndex::classify_all`]:
+    /// out of line, so the loops over entries that ask stay small enough to inline).
+    #[inline(always)]
     pub fn class_of(&self, e: &mut Entry<'_>) -> u64 {
         if e.class == 0 {
-            e.class = self.classify(&e.key);
+            self.classify_late(e);
         }
         e.class
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn classify_late(&self, e: &mut Entry<'_>) {
+        e.class = self.classify(&e.key);
     }
 }
 

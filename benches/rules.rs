@@ -18,7 +18,7 @@ use tagway::transform::{Processed, process};
 
 // The gateway binary runs on mimalloc; measure with the same allocator.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tagway::alloc::MiMalloc = tagway::alloc::MiMalloc;
 
 const GA4_QUERY: &str = include_str!("../bench/payloads/w1-query.txt");
 

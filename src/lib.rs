@@ -20,6 +20,7 @@
 //! - [`scripts`]: script routes answered from a shared cache of the vendor's rewritten script.
 
 pub mod admin;
+pub mod alloc;
 pub mod certs;
 pub mod clientip;
 pub mod config;

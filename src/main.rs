@@ -20,7 +20,7 @@ use tagway::spool::{Fsync, SpoolSettings};
 use tagway::{Gateway, Listeners, Settings};
 
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tagway::alloc::MiMalloc = tagway::alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

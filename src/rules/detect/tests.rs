@@ -356,6 +356,19 @@ proptest! {
     ) {
         check(&parts.concat());
     }
+
+    /// The sampled search for an IBAN's head finds one wherever trying every position does.
+    #[test]
+    fn iban_head_sampling_misses_nothing(text in "[A-Ca-c0-2]{0,24}") {
+        let b = text.as_bytes();
+        let every = b.windows(4).any(|w| {
+            w[0].is_ascii_uppercase()
+                && w[1].is_ascii_uppercase()
+                && w[2].is_ascii_digit()
+                && w[3].is_ascii_digit()
+        });
+        proptest::prop_assert_eq!(has_iban_head(b), every);
+    }
 }
 
 /// `cargo test --release -- --ignored --nocapture detect::tests::timing`

@@ -22,6 +22,8 @@
 use std::cmp::Reverse;
 use std::net::Ipv6Addr;
 
+use crate::decode::mask;
+
 /// A kind of personal data or secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -993,76 +995,55 @@ const SECRET_NAMES: [&str; 31] = [
 /// or percent-encoded (GA4 carries page URLs with a second encoding layer), as does `=`. One
 /// pass, parameter by parameter: a name is what precedes the first `=` of its parameter, and
 /// only a secret's value is looked at for where it ends inside the parameter.
+///
+/// The separators are found from 64-byte blocks' masks of `%?#&;=` ([`crate::decode::mask`])
+/// and taken in order: a page URL is the longest value most beacons have, and searching it
+/// byte by byte for each separator in turn cost more than the rest of this detector.
 fn url_secret(b: &[u8], out: &mut Vec<Finding>) {
-    let Some((q, ql)) = find_encoded(b, 0, b.len(), &QUERY_OPEN) else {
-        return;
-    };
-    let mut s = q + ql; // where the current parameter starts
-    while let Some((at, len)) = find_encoded(b, s, b.len(), &EQ_OR_DELIMITER) {
-        let byte = if len == 1 {
-            b[at]
-        } else {
-            escape_at(b, at).unwrap_or(0)
-        };
+    // Past the query's `?`/`#`; where the current parameter starts; its first `=`.
+    let (mut open, mut s, mut eq) = (false, 0, None::<(usize, usize)>);
+    let finish = |s: usize, (at, len): (usize, usize), end: usize, out: &mut Vec<Finding>| {
         let i = at + len;
-        if byte != b'=' {
-            s = i; // a parameter without a value
-            continue;
-        }
-        // The value runs to the next delimiter.
-        let end = find_encoded(b, i, b.len(), &DELIMITER);
-        let end_at = end.map_or(b.len(), |d| d.0);
         // Secret names are short; a long one is never looked up.
         if at - s <= 40 && is_secret_name(&b[s..at]) {
             let stop = |c: &u8| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>');
-            let ve = b[i..end_at].iter().position(stop).map_or(end_at, |p| i + p);
+            let ve = b[i..end].iter().position(stop).map_or(end, |p| i + p);
             if ve > i && !is_placeholder(&b[i..ve]) {
                 push(out, Kind::UrlSecret, i, ve);
             }
         }
-        match end {
-            Some((d, dl)) => s = d + dl,
-            None => break,
-        }
-    }
-}
-
-/// A set of the ASCII bytes [`find_encoded`] looks for: `hit[c]` for the bytes themselves,
-/// `stop[c]` for them and `%` (where an escape of one may start).
-struct Seps {
-    hit: [bool; 256],
-    stop: [bool; 256],
-}
-
-const fn seps(bytes: &[u8]) -> Seps {
-    let mut s = Seps {
-        hit: [false; 256],
-        stop: [false; 256],
     };
-    let mut i = 0;
-    while i < bytes.len() {
-        s.hit[bytes[i] as usize] = true;
-        s.stop[bytes[i] as usize] = true;
-        i += 1;
-    }
-    s.stop[b'%' as usize] = true;
-    s
-}
-
-static QUERY_OPEN: Seps = seps(b"?#");
-static DELIMITER: Seps = seps(b"?#&;");
-static EQ_OR_DELIMITER: Seps = seps(b"=?#&;");
-
-/// The first byte in `b[from..end]` of `set`, raw or as a `%XX` escape: (position, length).
-fn find_encoded(b: &[u8], mut from: usize, end: usize, set: &Seps) -> Option<(usize, usize)> {
-    loop {
-        let j = from + b[from..end].iter().position(|&c| set.stop[c as usize])?;
-        if b[j] != b'%' {
-            return Some((j, 1));
-        } else if escape_at(b, j).is_some_and(|c| set.hit[c as usize]) {
-            return Some((j, 3));
+    let mut pad = [0u8; 64];
+    for base in (0..b.len()).step_by(64) {
+        let [pct, q, hash, amp, semi, equals] =
+            mask::byte_masks(mask::block_at(b, base, &mut pad), b"%?#&;=");
+        let mut seps = pct | q | hash | amp | semi | equals;
+        while seps != 0 {
+            let at = base + seps.trailing_zeros() as usize;
+            seps &= seps - 1;
+            let (byte, len) = if b[at] != b'%' {
+                (b[at], 1)
+            } else {
+                match escape_at(b, at) {
+                    Some(c @ (b'?' | b'#' | b'&' | b';' | b'=')) => (c, 3),
+                    _ => continue,
+                }
+            };
+            match (open, eq, byte) {
+                (false, _, b'?' | b'#') => (open, s) = (true, at + len),
+                (false, ..) => {}
+                (true, None, b'=') => eq = Some((at, len)),
+                (true, None, _) => s = at + len, // a parameter without a value
+                (true, Some(_), b'=') => {}      // inside the value
+                (true, Some(e), _) => {
+                    finish(s, e, at, out);
+                    (s, eq) = (at + len, None);
+                }
+            }
         }
-        from = j + 1;
+    }
+    if let Some(e) = eq {
+        finish(s, e, b.len(), out);
     }
 }
 

@@ -357,6 +357,27 @@ proptest! {
         check(&parts.concat());
     }
 
+    /// Walking the separators' masks finds the secrets that searching for each separator in
+    /// turn does, escaped separators and values without names included.
+    #[test]
+    fn url_secret_by_masks_is_url_secret_by_search(
+        parts in proptest::collection::vec(prop_oneof![
+            Just("token".to_string()), Just("pwd".to_string()), Just("x".to_string()),
+            Just("=".to_string()), Just("&".to_string()), Just(";".to_string()),
+            Just("?".to_string()), Just("#".to_string()), Just("%3D".to_string()),
+            Just("%26".to_string()), Just("%3F".to_string()), Just("%23".to_string()),
+            Just("%3B".to_string()), Just("%".to_string()), Just("%2".to_string()),
+            Just(" ".to_string()), Just("[email]".to_string()), Just("ab12".to_string()),
+            "[a-z0-9]{1,70}",
+        ], 0..30),
+    ) {
+        let text = parts.concat();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        url_secret(text.as_bytes(), &mut a);
+        url_secret_by_search(text.as_bytes(), &mut b);
+        proptest::prop_assert_eq!(a, b, "{}", text);
+    }
+
     /// The sampled search for an IBAN's head finds one wherever trying every position does.
     #[test]
     fn iban_head_sampling_misses_nothing(text in "[A-Ca-c0-2]{0,24}") {
@@ -434,4 +455,78 @@ fn nothing_shorter_than_three_bytes_is_found() {
         }
     }
     assert!(!found("::1").is_empty(), "the shortest finding");
+}
+
+/// [`url_secret`] searching for each separator in turn: the tests' reference.
+fn url_secret_by_search(b: &[u8], out: &mut Vec<Finding>) {
+    let Some((q, ql)) = find_encoded(b, 0, b.len(), &QUERY_OPEN) else {
+        return;
+    };
+    let mut s = q + ql; // where the current parameter starts
+    while let Some((at, len)) = find_encoded(b, s, b.len(), &EQ_OR_DELIMITER) {
+        let byte = if len == 1 {
+            b[at]
+        } else {
+            escape_at(b, at).unwrap_or(0)
+        };
+        let i = at + len;
+        if byte != b'=' {
+            s = i; // a parameter without a value
+            continue;
+        }
+        // The value runs to the next delimiter.
+        let end = find_encoded(b, i, b.len(), &DELIMITER);
+        let end_at = end.map_or(b.len(), |d| d.0);
+        // Secret names are short; a long one is never looked up.
+        if at - s <= 40 && is_secret_name(&b[s..at]) {
+            let stop = |c: &u8| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>');
+            let ve = b[i..end_at].iter().position(stop).map_or(end_at, |p| i + p);
+            if ve > i && !is_placeholder(&b[i..ve]) {
+                push(out, Kind::UrlSecret, i, ve);
+            }
+        }
+        match end {
+            Some((d, dl)) => s = d + dl,
+            None => break,
+        }
+    }
+}
+
+/// A set of the ASCII bytes [`find_encoded`] looks for: `hit[c]` for the bytes themselves,
+/// `stop[c]` for them and `%` (where an escape of one may start).
+struct Seps {
+    hit: [bool; 256],
+    stop: [bool; 256],
+}
+
+const fn seps(bytes: &[u8]) -> Seps {
+    let mut s = Seps {
+        hit: [false; 256],
+        stop: [false; 256],
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        s.hit[bytes[i] as usize] = true;
+        s.stop[bytes[i] as usize] = true;
+        i += 1;
+    }
+    s.stop[b'%' as usize] = true;
+    s
+}
+
+static QUERY_OPEN: Seps = seps(b"?#");
+static DELIMITER: Seps = seps(b"?#&;");
+static EQ_OR_DELIMITER: Seps = seps(b"=?#&;");
+
+/// The first byte in `b[from..end]` of `set`, raw or as a `%XX` escape: (position, length).
+fn find_encoded(b: &[u8], mut from: usize, end: usize, set: &Seps) -> Option<(usize, usize)> {
+    loop {
+        let j = from + b[from..end].iter().position(|&c| set.stop[c as usize])?;
+        if b[j] != b'%' {
+            return Some((j, 1));
+        } else if escape_at(b, j).is_some_and(|c| set.hit[c as usize]) {
+            return Some((j, 3));
+        }
+        from = j + 1;
+    }
 }

@@ -9,12 +9,12 @@
 //! rules, whose patterns match decoded segments); the tests hold the two to the same result.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 
 use regex::Regex;
 
 use super::select::KeyPat;
-use crate::decode::mask;
-use crate::decode::query::unescape;
+use crate::decode::query::{unescape, url_separators};
 
 #[derive(Debug, Clone)]
 pub struct StripUrl {
@@ -71,8 +71,8 @@ pub fn strip(url: &str, how: &StripUrl) -> Option<String> {
 /// received. Path segment rules need the decoded path: with any, this is `None` and callers
 /// use [`strip`].
 ///
-/// One pass over the separators the URL's text holds, plain or escaped, found from 64-byte
-/// blocks' masks of `%`, `?`, `#`, `&` and `=` ([`crate::decode::mask`]).
+/// One pass over the separators the URL's text holds, plain or escaped
+/// ([`url_separators`]).
 pub fn strip_encoded(raw: &str, how: &StripUrl) -> Option<String> {
     if !how.segments.is_empty() {
         return None;
@@ -87,55 +87,36 @@ pub fn strip_encoded(raw: &str, how: &StripUrl) -> Option<String> {
         kept: false,
     };
     let (mut in_query, mut start, mut name_end, mut frag) = (false, 0, None, None);
-    let mut pad = [0u8; 64];
-    'blocks: for base in (0..b.len()).step_by(64) {
-        let [pct, q, hash, amp, eq] = mask::byte_masks(mask::block_at(b, base, &mut pad), b"%?#&=");
-        let (mut seps, escapes) = (q | hash | amp | eq | pct, pct);
-        while seps != 0 {
-            let bit = seps.trailing_zeros();
-            seps &= seps - 1;
-            let at = base + bit as usize;
-            let (byte, len) = if escapes & 1 << bit == 0 {
-                (b[at], 1)
-            } else {
-                // Every `%XX` with two hex digits is an escape wherever it is (a `%` is never
-                // a hex digit of another one); only four of them are separators.
-                match b.get(at + 1..at + 3) {
-                    Some(b"3F" | b"3f") => (b'?', 3),
-                    Some(b"23") => (b'#', 3),
-                    Some(b"26") => (b'&', 3),
-                    Some(b"3D" | b"3d") => (b'=', 3),
-                    _ => continue,
-                }
-            };
-            match (in_query, byte) {
-                (false, b'?') => {
-                    cut.out.reserve(raw.len());
-                    cut.out.push_str(&raw[..at]);
-                    cut.question = at..at + len;
-                    (in_query, start) = (true, at + len);
-                }
-                (false, b'#') => {
-                    cut.out.push_str(&raw[..at]);
-                    frag = Some(at);
-                    break 'blocks;
-                }
-                (true, b'=') if name_end.is_none() => name_end = Some(at),
-                (true, b'&') => {
-                    cut.pair(start, name_end, at);
-                    cut.sep = at..at + len;
-                    (start, name_end) = (at + len, None);
-                }
-                (true, b'#') => {
-                    cut.pair(start, name_end, at);
-                    frag = Some(at);
-                    in_query = false;
-                    break 'blocks;
-                }
-                _ => {}
+    url_separators(b, |at, byte, len| {
+        match (in_query, byte) {
+            (false, b'?') => {
+                cut.out.reserve(raw.len());
+                cut.out.push_str(&raw[..at]);
+                cut.question = at..at + len;
+                (in_query, start) = (true, at + len);
             }
+            (false, b'#') => {
+                cut.out.push_str(&raw[..at]);
+                frag = Some(at);
+                return ControlFlow::Break(());
+            }
+            (true, b'=') if name_end.is_none() => name_end = Some(at),
+            (true, b'&') => {
+                cut.pair(start, name_end, at);
+                cut.sep = at..at + len;
+                (start, name_end) = (at + len, None);
+            }
+            (true, b'#') => {
+                cut.pair(start, name_end, at);
+                frag = Some(at);
+                in_query = false;
+                return ControlFlow::Break(());
+            }
+            // `;` separates nothing here (as in `strip`), nor a `?` inside the query.
+            _ => {}
         }
-    }
+        ControlFlow::Continue(())
+    });
     if in_query {
         cut.pair(start, name_end, b.len());
     } else if frag.is_none() {

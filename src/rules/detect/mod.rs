@@ -22,7 +22,7 @@
 use std::cmp::Reverse;
 use std::net::Ipv6Addr;
 
-use crate::decode::mask;
+use crate::decode::query::{escape_at, url_separators};
 
 /// A kind of personal data or secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -452,12 +452,11 @@ static WORD: [bool; 256] = {
 /// and a URL full of capitals and digits (click ids) rarely has one, so the IBAN detector's
 /// pass over it is skipped.
 ///
-/// Every four bytes in a row hold one byte at a position `≡ 3 (mod 4)`, so only those bytes are
-/// read first, and the windows around one are read only when it is a capital or a digit: a
-/// quarter of the reads of trying every position (this runs on whole page URLs).
+/// A head's two digits are neighbours, so every other byte is read first, and the bytes
+/// around one only when it is a digit: half the reads of trying every position (this runs on
+/// whole page URLs).
 fn has_iban_head(b: &[u8]) -> bool {
     let up = |i: usize| b[i].is_ascii_uppercase();
-    // A head's two digits are neighbours, so every other byte is enough to meet one.
     let mut j = 3;
     while j + 1 < b.len() {
         if b[j].is_ascii_digit() {
@@ -472,15 +471,6 @@ fn has_iban_head(b: &[u8]) -> bool {
     }
     // The last byte, when the loop stopped just before it.
     j + 1 == b.len() && b[j].is_ascii_digit() && b[j - 1].is_ascii_digit() && up(j - 2) && up(j - 3)
-}
-
-/// The byte a `%XX` escape at `i` stands for.
-fn escape_at(b: &[u8], i: usize) -> Option<u8> {
-    let hex = |c: u8| (c as char).to_digit(16);
-    match b.get(i..i + 3)? {
-        [b'%', h, l] => Some((hex(*h)? * 16 + hex(*l)?) as u8),
-        _ => None,
-    }
 }
 
 /// Whether a match may start at `i`: not inside a token, and not continuing a dotted or dashed
@@ -996,9 +986,9 @@ const SECRET_NAMES: [&str; 31] = [
 /// pass, parameter by parameter: a name is what precedes the first `=` of its parameter, and
 /// only a secret's value is looked at for where it ends inside the parameter.
 ///
-/// The separators are found from 64-byte blocks' masks of `%?#&;=` ([`crate::decode::mask`])
-/// and taken in order: a page URL is the longest value most beacons have, and searching it
-/// byte by byte for each separator in turn cost more than the rest of this detector.
+/// The separators are taken in order from [`url_separators`]: a page URL is the longest value
+/// most beacons have, and searching it byte by byte for each separator in turn cost more than
+/// the rest of this detector.
 fn url_secret(b: &[u8], out: &mut Vec<Finding>) {
     // Past the query's `?`/`#`; where the current parameter starts; its first `=`.
     let (mut open, mut s, mut eq) = (false, 0, None::<(usize, usize)>);
@@ -1013,35 +1003,20 @@ fn url_secret(b: &[u8], out: &mut Vec<Finding>) {
             }
         }
     };
-    let mut pad = [0u8; 64];
-    for base in (0..b.len()).step_by(64) {
-        let [pct, q, hash, amp, semi, equals] =
-            mask::byte_masks(mask::block_at(b, base, &mut pad), b"%?#&;=");
-        let mut seps = pct | q | hash | amp | semi | equals;
-        while seps != 0 {
-            let at = base + seps.trailing_zeros() as usize;
-            seps &= seps - 1;
-            let (byte, len) = if b[at] != b'%' {
-                (b[at], 1)
-            } else {
-                match escape_at(b, at) {
-                    Some(c @ (b'?' | b'#' | b'&' | b';' | b'=')) => (c, 3),
-                    _ => continue,
-                }
-            };
-            match (open, eq, byte) {
-                (false, _, b'?' | b'#') => (open, s) = (true, at + len),
-                (false, ..) => {}
-                (true, None, b'=') => eq = Some((at, len)),
-                (true, None, _) => s = at + len, // a parameter without a value
-                (true, Some(_), b'=') => {}      // inside the value
-                (true, Some(e), _) => {
-                    finish(s, e, at, out);
-                    (s, eq) = (at + len, None);
-                }
+    url_separators(b, |at, byte, len| {
+        match (open, eq, byte) {
+            (false, _, b'?' | b'#') => (open, s) = (true, at + len),
+            (false, ..) => {}
+            (true, None, b'=') => eq = Some((at, len)),
+            (true, None, _) => s = at + len, // a parameter without a value
+            (true, Some(_), b'=') => {}      // inside the value
+            (true, Some(e), _) => {
+                finish(s, e, at, out);
+                (s, eq) = (at + len, None);
             }
         }
-    }
+        std::ops::ControlFlow::Continue(())
+    });
     if let Some(e) = eq {
         finish(s, e, b.len(), out);
     }

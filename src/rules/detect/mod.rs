@@ -74,47 +74,64 @@ impl Kind {
     }
 }
 
-/// A set of kinds.
+/// A set of kinds, with the [`arm`] bits that belong to them: a route's set is made once, at
+/// load, and read for every value the scan checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Kinds(u16);
+pub struct Kinds {
+    set: u16,
+    arm: u16,
+}
 
 impl Kinds {
+    const fn of(set: u16) -> Kinds {
+        Kinds {
+            set,
+            arm: arm_bits(set),
+        }
+    }
     /// Every kind.
     pub const fn all() -> Kinds {
-        Kinds((1 << Kind::ALL.len()) - 1)
+        Kinds::of((1 << Kind::ALL.len()) - 1)
     }
     /// No kind.
     pub const fn none() -> Kinds {
-        Kinds(0)
+        Kinds::of(0)
     }
     /// This set plus `k`.
-    pub fn with(self, k: Kind) -> Kinds {
-        Kinds(self.0 | k.bit())
+    pub const fn with(self, k: Kind) -> Kinds {
+        Kinds::of(self.set | k.bit())
     }
     /// Whether `k` is in the set.
-    pub fn contains(self, k: Kind) -> bool {
-        self.0 & k.bit() != 0
+    pub const fn contains(self, k: Kind) -> bool {
+        self.set & k.bit() != 0
     }
     /// Whether the set is empty.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
+    pub const fn is_empty(self) -> bool {
+        self.set == 0
     }
 
     /// The bits of [`arm`] that belong to kinds in the set.
-    #[inline]
-    fn arm_mask(self) -> u16 {
-        let bit = |k: Kind| self.contains(k) as u16;
-        let ip = bit(Kind::Ip);
-        (bit(Kind::Phone) * 0b11)
-            | bit(Kind::Card) << 2
-            | bit(Kind::Iban) << 3
-            | ip << 4
-            | bit(Kind::Jwt) << 5
-            | bit(Kind::Email) << 6
-            | ip << 7
-            | bit(Kind::Bearer) << 8
-            | bit(Kind::UrlSecret) << 9
+    #[inline(always)]
+    const fn arm_mask(self) -> u16 {
+        self.arm
     }
+}
+
+/// The bits of [`arm`] that belong to the kinds of `set`.
+const fn arm_bits(set: u16) -> u16 {
+    const fn bit(set: u16, k: Kind) -> u16 {
+        (set & k.bit() != 0) as u16
+    }
+    let ip = bit(set, Kind::Ip);
+    (bit(set, Kind::Phone) * 0b11)
+        | bit(set, Kind::Card) << 2
+        | bit(set, Kind::Iban) << 3
+        | ip << 4
+        | bit(set, Kind::Jwt) << 5
+        | bit(set, Kind::Email) << 6
+        | ip << 7
+        | bit(set, Kind::Bearer) << 8
+        | bit(set, Kind::UrlSecret) << 9
 }
 
 /// One detected span: byte offsets into the text, on char boundaries.

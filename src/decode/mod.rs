@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-pub use value::{Arr, Enc, Entry, Nested, Obj, Str, ThinVec, Value, Wrap};
+pub use value::{Arr, Enc, Entry, Hot, Nested, Obj, Str, ThinVec, Value, Wrap};
 use wrap::Compression;
 
 /// How a route's body is parsed.
@@ -65,6 +65,9 @@ pub struct Part<'a> {
     /// Set by the rules when anything in this part changed; unchanged parts are written back
     /// from the original bytes.
     pub changed: bool,
+    /// Of a flat part, the fields the rules can touch; every field until the rule program
+    /// has classified the keys.
+    pub hot: Hot,
 }
 
 /// JSON's whitespace (RFC 8259 `ws`).
@@ -207,6 +210,7 @@ pub fn decode<'a>(
         root: Value::Obj(qobj),
         source: query,
         changed: false,
+        hot: Hot::ALL,
     });
     let body = &input.body[..];
     let ctype = content_type.unwrap_or("").to_ascii_lowercase();
@@ -233,6 +237,7 @@ pub fn decode<'a>(
                 root: Value::Obj(obj),
                 source: t,
                 changed: false,
+                hot: Hot::ALL,
             });
             Frame::Form(spaces)
         }
@@ -247,6 +252,7 @@ pub fn decode<'a>(
                 root: json::parse(t)?,
                 source: t,
                 changed: false,
+                hot: Hot::ALL,
             });
             Frame::Json { lead, trail }
         }
@@ -262,6 +268,7 @@ pub fn decode<'a>(
                 root: Value::Obj(obj),
                 source: t,
                 changed: false,
+                hot: Hot::ALL,
             });
             Frame::Multipart {
                 boundary: boundary.to_string(),
@@ -283,6 +290,7 @@ pub fn decode<'a>(
                     root: Value::Obj(obj),
                     source: line,
                     changed: false,
+                    hot: Hot::ALL,
                 });
             }
             Frame::Lines {

@@ -110,6 +110,66 @@ pub struct Entry<'a> {
     pub bare: bool,
 }
 
+/// Which entries of a flat part's object the running rule program can touch: bit `i` for
+/// `entries[i]`, kept only while there are at most 64 entries (a GA4 hit has ~50).
+///
+/// A route's rules walk the whole list of fields once per rule, though each names only a few
+/// of them. Once the program has classified the keys (`rules::keys`), the entries no selector
+/// matches are known, and rules look only at the others. The invariant, checked in debug
+/// builds wherever it is relied on: an entry left out matches no selector of the program
+/// (its key bits are empty); whatever adds, removes or renames entries keeps the bits true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hot(Option<u64>);
+
+impl Hot {
+    /// Every entry (not known, or more than 64 of them).
+    pub const ALL: Hot = Hot(None);
+
+    /// The entries of `entries` that `hot` picks; every one when there are more than 64.
+    pub fn of<'a>(entries: &[Entry<'a>], mut hot: impl FnMut(&Entry<'a>) -> bool) -> Hot {
+        if entries.len() > 64 {
+            return Hot::ALL;
+        }
+        let mut bits = 0;
+        for (i, e) in entries.iter().enumerate() {
+            bits |= (hot(e) as u64) << i;
+        }
+        Hot(Some(bits))
+    }
+
+    /// The entries at the bits of `bits` of `len` entries (every one when `len` is over 64).
+    #[inline]
+    pub fn of_bits(bits: u64, len: usize) -> Hot {
+        Hot((len <= 64).then(|| bits & super::mask::bits(0, len as u32)))
+    }
+
+    /// The positions, when known.
+    #[inline]
+    pub fn bits(self) -> Option<u64> {
+        self.0
+    }
+
+    /// Entry `i` may be touched now (added, or renamed so that its key is classified anew).
+    pub fn mark(&mut self, i: usize) {
+        match &mut self.0 {
+            Some(bits) if i < 64 => *bits |= 1 << i,
+            _ => self.0 = None,
+        }
+    }
+
+    /// The entries at the bits of `gone` were removed: the later ones moved down.
+    pub fn remove(&mut self, mut gone: u64) {
+        let Some(bits) = &mut self.0 else { return };
+        // From the highest: each removal shifts the bits above it down by one.
+        while gone != 0 {
+            let i = 63 - gone.leading_zeros();
+            let below = (1u64 << i) - 1;
+            *bits = (*bits & below) | ((*bits >> 1) & !below);
+            gone &= below;
+        }
+    }
+}
+
 /// An array (JSON only).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Arr<'a> {
@@ -410,7 +470,6 @@ impl<'a> Obj<'a> {
     /// it is inlined into the loop.
     #[inline]
     pub fn remove_where(&mut self, mut hit: impl FnMut(&mut Entry<'a>) -> bool) -> bool {
-        const FEW: usize = 8;
         let n = self.entries.len();
         // Which entries go, a bit each (on the stack for up to 256 entries).
         let (mut small, mut big) = ([0u64; 4], Vec::new());
@@ -427,11 +486,25 @@ impl<'a> Obj<'a> {
                 count += 1;
             }
         }
+        self.remove_marked(gone, count)
+    }
+
+    /// Removes the entries at the bits of `gone` (of the first 64); whether any went.
+    pub fn remove_bits(&mut self, gone: u64) -> bool {
+        let gone = gone & super::mask::bits(0, self.entries.len().min(64) as u32);
+        self.remove_marked(&[gone], gone.count_ones() as usize)
+    }
+
+    /// Removes the `count` entries whose bits are set in `gone` (bit `i % 64` of word `i / 64`
+    /// for entry `i`).
+    fn remove_marked(&mut self, gone: &[u64], count: usize) -> bool {
+        const FEW: usize = 8;
         if count == 0 {
             return false;
         }
+        let n = self.entries.len();
         self.raw = None;
-        let is_gone = |i: usize| gone[i / 64] & 1 << (i % 64) != 0;
+        let is_gone = |i: usize| gone.get(i / 64).is_some_and(|w| w & 1 << (i % 64) != 0);
         if count > FEW {
             let mut i = 0;
             self.entries.retain_mut(|_| {

@@ -131,7 +131,7 @@ impl Action {
 pub fn apply<'a>(
     action: &Action,
     root: &mut Value<'a>,
-    flat: bool,
+    mut flat: walk::Flat<'_>,
     in_body: bool,
     ctx: &Ctx<'_>,
     key: &HmacKey,
@@ -186,7 +186,8 @@ pub fn apply<'a>(
             let mut changed = false;
             for (s, tpl) in pairs.iter().filter(|(s, _)| s.applies(in_body)) {
                 if let Some(text) = render(tpl, ctx) {
-                    changed |= walk::set(root, flat, s, Value::Str(Str::written(text)));
+                    let v = Value::Str(Str::written(text));
+                    changed |= walk::set(root, flat.as_deref_mut(), s, v, idx);
                 }
             }
             changed
@@ -194,7 +195,7 @@ pub fn apply<'a>(
         Action::Rename(pairs) => {
             let mut changed = false;
             for (s, to) in pairs.iter().filter(|(s, _)| s.applies(in_body)) {
-                changed |= walk::rename(root, flat, s, to);
+                changed |= walk::rename(root, flat.as_deref_mut(), s, to);
             }
             changed
         }

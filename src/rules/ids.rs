@@ -33,7 +33,7 @@ impl IdCheck {
             let in_body = part.origin != Origin::Query;
             walk::visit(
                 &mut part.root,
-                part.flat,
+                part.flat.then_some(&mut part.hot),
                 sels,
                 in_body,
                 idx,

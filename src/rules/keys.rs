@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use super::select::{KeyPat, Selector};
-use crate::decode::Entry;
+use crate::decode::{Entry, Hot};
 
 /// Set on every classified [`Entry::class`], so that 0 means "not classified yet" (new or
 /// renamed entries).
@@ -129,20 +129,26 @@ impl KeyIndex {
     }
 
     /// Classifies every entry of a flat part that is not classified yet, with one look-up of
-    /// the per-thread memo for all of them.
-    pub fn classify_all(&self, entries: &mut [Entry<'_>]) {
+    /// the per-thread memo for all of them; the entries a selector can match ([`hot`]).
+    pub fn classify_all(&self, entries: &mut [Entry<'_>]) -> Hot {
         if self.id == 0 {
-            return;
+            return Hot::ALL;
         }
+        let mut bits = 0u64;
         MEMO.with_borrow_mut(|m| {
-            for e in entries.iter_mut().filter(|e| e.class == 0) {
-                e.class = if self.may_match(e.key.as_bytes()) {
-                    m.get_or(self.id, e.key.as_bytes(), || self.match_all(&e.key))
-                } else {
-                    CLASSIFIED
-                };
+            for (i, e) in entries.iter_mut().enumerate() {
+                if e.class == 0 {
+                    e.class = if self.may_match(e.key.as_bytes()) {
+                        m.get_or(self.id, e.key.as_bytes(), || self.match_all(&e.key))
+                    } else {
+                        CLASSIFIED
+                    };
+                }
+                // (Wrapping past 64 entries, where the bits are not used.)
+                bits |= (is_hot(e) as u64) << (i % 64);
             }
-        })
+        });
+        Hot::of_bits(bits, entries.len())
     }
 
     /// Whether some pattern could match `key`, by its first two bytes.
@@ -334,6 +340,41 @@ impl Plan {
             }
         }
         plan
+    }
+}
+
+impl Plan {
+    /// A plan of indexed selectors only, whose bits are `mask`.
+    pub fn bits(mask: u64) -> Plan {
+        Plan {
+            mask,
+            direct: Default::default(),
+            any_direct: false,
+            nested: false,
+        }
+    }
+}
+
+/// Whether a classified entry can be matched by some selector of the program: it has key bits,
+/// or it is not classified yet (added or renamed).
+#[inline(always)]
+fn is_hot(e: &Entry<'_>) -> bool {
+    e.class != CLASSIFIED
+}
+
+/// The entries of a flat part some selector of the program can match ([`Hot`]), once
+/// [`KeyIndex::classify_all`] has classified them.
+pub fn hot(entries: &[Entry<'_>]) -> Hot {
+    Hot::of(entries, is_hot)
+}
+
+/// Whether `hot` holds every entry that [`hot`] would pick now (the invariant the rules keep
+/// as they add, remove and rename fields; checked in debug builds).
+pub fn hot_holds(hot: Hot, entries: &[Entry<'_>]) -> bool {
+    match (hot.bits(), self::hot(entries).bits()) {
+        (Some(have), Some(need)) => need & !have == 0,
+        (Some(_), None) => false,
+        (None, _) => true,
     }
 }
 

@@ -142,6 +142,10 @@ impl Program {
                 .selectors_mut()
                 .iter_mut()
                 .for_each(|s| idx.add(s));
+            // A flat `set` finds the field it replaces by its bit among the hot fields.
+            if let Action::Set(pairs) = &mut rule.action {
+                pairs.iter_mut().for_each(|(s, _)| idx.add(s));
+            }
         }
         if let Some(scan) = &mut self.scan {
             scan.exempt.iter_mut().for_each(|s| idx.add(s));
@@ -171,7 +175,7 @@ impl Program {
     pub fn prepare(&self, doc: &mut Doc<'_>) -> Result<(), DecodeError> {
         for part in doc.parts.iter_mut().filter(|p| p.flat) {
             if let Value::Obj(o) = &mut part.root {
-                self.keys.classify_all(&mut o.entries);
+                part.hot = self.keys.classify_all(&mut o.entries);
             }
         }
         if self.nested.is_empty() {
@@ -182,7 +186,7 @@ impl Program {
             let in_body = part.origin != Origin::Query;
             walk::visit(
                 &mut part.root,
-                part.flat,
+                part.flat.then_some(&mut part.hot),
                 &self.nested,
                 in_body,
                 &self.keys,
@@ -363,9 +367,11 @@ fn apply_at(
     idx: &KeyIndex,
 ) {
     let part = &mut doc.parts[t.part];
-    let (flat, in_body) = (part.flat, part.origin != Origin::Query);
+    let in_body = part.origin != Origin::Query;
+    // A flat part's target is the whole part (only JSON bodies have events inside).
+    let mut flat = (part.flat && t.path.is_empty()).then_some(&mut part.hot);
     if walk::at_mut(&mut part.root, &t.path, &mut |v| {
-        action::apply(action, v, flat, in_body, ctx, key, idx)
+        action::apply(action, v, flat.as_deref_mut(), in_body, ctx, key, idx)
     }) {
         part.changed = true;
     }

@@ -73,12 +73,20 @@ pub(crate) fn run(
         if part.flat && scan.flat_exempt.is_some() {
             continue; // skipped by bit below
         }
-        let (flat, in_body) = (part.flat, part.origin != Origin::Query);
+        let in_body = part.origin != Origin::Query;
+        let mut flat = (part.flat && t.path.is_empty()).then_some(&mut part.hot);
         walk::at_mut(&mut part.root, &t.path, &mut |v| {
-            walk::visit(v, flat, &scan.exempt, in_body, idx, &mut |_, v| {
-                mark(v);
-                false
-            });
+            walk::visit(
+                v,
+                flat.as_deref_mut(),
+                &scan.exempt,
+                in_body,
+                idx,
+                &mut |_, v| {
+                    mark(v);
+                    false
+                },
+            );
             false
         });
     }

@@ -7,24 +7,52 @@ use std::borrow::Cow;
 
 use super::keys::{self, KeyIndex, Plan};
 use super::select::{KeyPat, Selector, Step};
-use crate::decode::Value;
+use crate::decode::{Entry, Hot, Value};
+
+/// How a part's fields are addressed: `None` for a tree (JSON), `Some` for a flat part, with
+/// the entries the program's selectors can match ([`Hot`]), which the functions here keep true.
+pub type Flat<'h> = Option<&'h mut Hot>;
+
+/// Calls `each` on the entries of a flat part that a selector of `plan` can match: by `hot`
+/// when it is known and every selector of the plan has a key bit, else all of them.
+#[inline(always)]
+fn for_plan<'a>(
+    entries: &mut [Entry<'a>],
+    hot: Hot,
+    plan: &Plan,
+    mut each: impl FnMut(usize, &mut Entry<'a>),
+) {
+    match hot.bits() {
+        Some(mut bits) if !plan.any_direct && !plan.nested => {
+            debug_assert!(keys::hot_holds(hot, entries), "hot entries out of date");
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(e) = entries.get_mut(i) {
+                    each(i, e);
+                }
+            }
+        }
+        _ => entries.iter_mut().enumerate().for_each(|(i, e)| each(i, e)),
+    }
+}
 
 /// Calls `f` on every value a selector of `sels` (those that apply to this part) matches
 /// under `root`. Flat parts take one pass over their fields whatever the number of selectors;
 /// `idx` is the running program's key index (the selectors' bits refer to it).
 pub fn visit<'a>(
     root: &mut Value<'a>,
-    flat: bool,
+    flat: Flat<'_>,
     sels: &[Selector],
     in_body: bool,
     idx: &KeyIndex,
     f: &mut dyn FnMut(&str, &mut Value<'a>) -> bool,
 ) -> bool {
     let mut changed = false;
-    match root {
-        Value::Obj(obj) if flat => {
+    match (root, flat) {
+        (Value::Obj(obj), Some(hot)) => {
             let plan = Plan::new(sels, in_body);
-            for e in obj.entries.iter_mut() {
+            for_plan(&mut obj.entries, *hot, &plan, |_, e| {
                 let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
                 // Most fields are passed over by their bits alone.
                 let nested = plan.nested && has_nested(&e.value);
@@ -32,7 +60,7 @@ pub fn visit<'a>(
                     && !(plan.any_direct && plan.direct.admits(&e.key))
                     && !nested
                 {
-                    continue;
+                    return;
                 }
                 for sel in sels.iter().filter(|s| s.applies(in_body)) {
                     if keys::flat_hit(sel, class, &e.key) {
@@ -48,9 +76,9 @@ pub fn visit<'a>(
                         }
                     }
                 }
-            }
+            });
         }
-        _ => {
+        (root, _) => {
             for sel in sels.iter().filter(|s| s.applies(in_body)) {
                 changed |= walk(root, &sel.steps, "", f);
             }
@@ -160,21 +188,21 @@ fn children<'a>(v: &mut Value<'a>, f: &mut dyn FnMut(&str, &mut Value<'a>) -> bo
 /// Removes every field a selector of `sels` matches.
 pub fn remove(
     root: &mut Value<'_>,
-    flat: bool,
+    flat: Flat<'_>,
     sels: &[Selector],
     in_body: bool,
     idx: &KeyIndex,
 ) -> bool {
-    if !flat {
+    let Some(hot) = flat else {
         let mut c = false;
         for sel in sels.iter().filter(|s| s.applies(in_body)) {
             c |= remove_path(root, &sel.steps);
         }
         return c;
-    }
+    };
     let Value::Obj(obj) = root else { return false };
     let plan = Plan::new(sels, in_body);
-    let mut changed = obj.remove_where(|e| {
+    let hit = |e: &mut Entry<'_>| {
         let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
         class & plan.mask != 0
             || (plan.any_direct
@@ -182,7 +210,27 @@ pub fn remove(
                 && sels
                     .iter()
                     .any(|s| s.applies(in_body) && keys::flat_hit(s, class, &e.key)))
-    });
+    };
+    let mut changed = match hot.bits() {
+        Some(_) if !plan.any_direct => {
+            // Only hot entries can be hit; nested documents are handled below.
+            let mut gone = 0u64;
+            for_plan(&mut obj.entries, *hot, &Plan::bits(plan.mask), |i, e| {
+                if hit(e) {
+                    gone |= 1 << i;
+                }
+            });
+            hot.remove(gone);
+            obj.remove_bits(gone)
+        }
+        _ => {
+            let c = obj.remove_where(hit);
+            if c {
+                rehot(hot, &obj.entries);
+            }
+            c
+        }
+    };
     if !plan.nested {
         return changed;
     }
@@ -271,21 +319,25 @@ fn remove_path(v: &mut Value<'_>, steps: &[Step]) -> bool {
 /// Keeps only the fields some selector matches (and the containers on the way to them).
 pub fn retain(
     root: &mut Value<'_>,
-    flat: bool,
+    flat: Flat<'_>,
     sels: &[Selector],
     in_body: bool,
     idx: &KeyIndex,
 ) -> bool {
-    if flat {
+    if let Some(hot) = flat {
         let Value::Obj(obj) = root else { return false };
         let plan = Plan::new(sels, in_body);
-        return obj.remove_where(|e| {
+        let c = obj.remove_where(|e| {
             let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
             !sels.iter().filter(|s| s.applies(in_body)).any(|s| {
                 keys::flat_hit(s, class, &e.key)
                     || (s.first.admits(&e.key) && s.nested.iter().any(|(k, _)| k.matches(&e.key)))
             })
         });
+        if c {
+            rehot(hot, &obj.entries);
+        }
+        return c;
     }
     let paths: Vec<&[Step]> = sels
         .iter()
@@ -400,15 +452,61 @@ fn find<'v, 'a>(v: &'v Value<'a>, steps: &[Step]) -> Option<&'v Value<'a>> {
 }
 
 /// Sets an exact field (creating the path in JSON objects as needed).
-pub fn set<'a>(root: &mut Value<'a>, flat: bool, sel: &Selector, value: Value<'a>) -> bool {
-    if flat {
-        let (Value::Obj(obj), KeyPat::Exact(k)) = (root, &sel.flat) else {
-            return false;
-        };
-        obj.set(Cow::Owned(k.clone()), value);
-        return true;
+pub fn set<'a>(
+    root: &mut Value<'a>,
+    flat: Flat<'_>,
+    sel: &Selector,
+    value: Value<'a>,
+    idx: &KeyIndex,
+) -> bool {
+    let Some(hot) = flat else {
+        return set_path(root, &sel.steps, value);
+    };
+    let (Value::Obj(obj), KeyPat::Exact(k)) = (root, &sel.flat) else {
+        return false;
+    };
+    match hot.bits() {
+        // The entries with this key are the hot ones with its bit.
+        Some(_) if sel.bit != 0 => {
+            let mut with = 0u64;
+            for_plan(&mut obj.entries, *hot, &Plan::bits(sel.bit), |i, e| {
+                if idx.class_of(e) & sel.bit != 0 {
+                    with |= 1 << i;
+                }
+            });
+            obj.raw = None;
+            if with == 0 {
+                obj.entries.push(Entry::new(Cow::Owned(k.clone()), value));
+                hot.mark(obj.entries.len() - 1);
+                return true;
+            }
+            let first = with.trailing_zeros() as usize;
+            if let Some(e) = obj.entries.get_mut(first) {
+                e.value = value;
+                e.bare = false;
+            }
+            let dups = with & !(1 << first);
+            hot.remove(dups);
+            obj.remove_bits(dups);
+        }
+        _ => {
+            let n = obj.entries.len();
+            obj.set(Cow::Owned(k.clone()), value);
+            if obj.entries.len() == n + 1 {
+                hot.mark(n);
+            } else if obj.entries.len() < n {
+                rehot(hot, &obj.entries);
+            }
+        }
     }
-    set_path(root, &sel.steps, value)
+    true
+}
+
+/// Finds a flat part's hot entries again after a change that moved them unpredictably.
+fn rehot(hot: &mut Hot, entries: &[Entry<'_>]) {
+    if hot.bits().is_some() {
+        *hot = keys::hot(entries);
+    }
 }
 
 fn set_path<'a>(v: &mut Value<'a>, steps: &[Step], value: Value<'a>) -> bool {
@@ -436,8 +534,8 @@ fn set_path<'a>(v: &mut Value<'a>, steps: &[Step], value: Value<'a>) -> bool {
 }
 
 /// Renames exact field `sel` to `to` (same container).
-pub fn rename(root: &mut Value<'_>, flat: bool, sel: &Selector, to: &str) -> bool {
-    let (container, last) = if flat {
+pub fn rename(root: &mut Value<'_>, mut flat: Flat<'_>, sel: &Selector, to: &str) -> bool {
+    let (container, last) = if flat.is_some() {
         (Some(root), &sel.flat)
     } else {
         match sel.steps.split_last() {
@@ -449,11 +547,15 @@ pub fn rename(root: &mut Value<'_>, flat: bool, sel: &Selector, to: &str) -> boo
         return false;
     };
     let mut changed = false;
-    for e in &mut o.entries {
+    for (i, e) in o.entries.iter_mut().enumerate() {
         if last.matches(&e.key) {
             e.key = Cow::Owned(to.to_string());
             e.raw_key = None;
+            // Classified again when next looked at: a rule may select the new name.
             e.class = 0;
+            if let Some(hot) = flat.as_deref_mut() {
+                hot.mark(i);
+            }
             changed = true;
         }
     }

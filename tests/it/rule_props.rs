@@ -7,7 +7,7 @@ use hmac::Mac;
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 use tagway::config::{RuleText, RulesSource, load};
-use tagway::decode::{Value, query};
+use tagway::decode::{Hot, Value, query};
 use tagway::route::Lookup;
 use tagway::rules::action::{HmacKey, Replace, redact_text};
 use tagway::rules::detect::Kinds;
@@ -216,11 +216,16 @@ proptest! {
             }
             idx.add(&mut sel);
         }
-        let (obj, spaces) = query::decode(&q);
+        let (mut obj, spaces) = query::decode(&q);
+        // Indexed, the rules look only at the fields the classification found hot.
+        let mut hot = Hot::ALL;
+        if indexed {
+            hot = idx.classify_all(&mut obj.entries);
+        }
         let mut root = Value::Obj(obj);
-        walk::remove(&mut root, true, std::slice::from_ref(&sel), false, &idx);
+        walk::remove(&mut root, Some(&mut hot), std::slice::from_ref(&sel), false, &idx);
         // And a visit that only reads must change nothing.
-        walk::visit(&mut root, true, std::slice::from_ref(&sel), false, &idx, &mut |_, _| false);
+        walk::visit(&mut root, Some(&mut hot), std::slice::from_ref(&sel), false, &idx, &mut |_, _| false);
         let Value::Obj(obj) = &root else { unreachable!() };
         let mut out = String::new();
         let changed = obj.entries.len() != keys.len();
@@ -241,6 +246,62 @@ proptest! {
         let got: Vec<&str> = if out.is_empty() { vec![] } else { out.split('&').collect() };
         prop_assert_eq!(got, expected, "pattern {} on {}", pattern, q);
     }
+
+    /// The rules look only at the fields the key classification found hot ([`Hot`]): through
+    /// any sequence of drops, sets, renames and visits, on parts under and over 64 fields,
+    /// that gives what looking at every field gives.
+    #[test]
+    fn hot_fields_are_all_the_rules_need(
+        keys in proptest::collection::vec("(ep|up|e|u|_u)(\\.|n\\.)?[a-c]{0,2}", 0..70),
+        ops in proptest::collection::vec((0u8..4, 0usize..8), 1..10),
+    ) {
+        // The last four are exact, for `set` and `rename`.
+        let pats = ["ep.*", "u*", "*b*", "up.*c", "e", "ep.a", "_uip", "ea"];
+        let mut sels: Vec<Selector> = pats.iter().map(|p| Selector::parse(p).unwrap()).collect();
+        let mut idx = KeyIndex::default();
+        for s in &mut sels {
+            idx.add(s);
+        }
+        // Renames name fields no indexed pattern matches (as a program's renames have no bit):
+        // the new name must be classified and become hot.
+        let renames: Vec<Selector> =
+            ["e.a", "_ua", "en.c", "_u"].iter().map(|p| Selector::parse(p).unwrap()).collect();
+        let q: String = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k}={i}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let run = |use_hot: bool| {
+            let (mut obj, _) = query::decode(&q);
+            let hot_found = idx.classify_all(&mut obj.entries);
+            let mut hot = if use_hot { hot_found } else { Hot::ALL };
+            let mut root = Value::Obj(obj);
+            let mut seen = Vec::new();
+            for (op, p) in &ops {
+                let (sel, exact) = (&sels[*p], &sels[4 + p % 4]);
+                let one = std::slice::from_ref(sel);
+                let changed = match op {
+                    0 => walk::remove(&mut root, Some(&mut hot), one, false, &idx),
+                    1 => walk::set(&mut root, Some(&mut hot), exact, Value::str("set"), &idx),
+                    2 => walk::rename(&mut root, Some(&mut hot), &renames[p % 4], "ep.ab"),
+                    _ => walk::visit(&mut root, Some(&mut hot), one, false, &idx, &mut |k, _| {
+                        seen.push(k.to_string());
+                        false
+                    }),
+                };
+                seen.push(changed.to_string());
+            }
+            let Value::Obj(o) = root else { unreachable!() };
+            let fields: Vec<(String, String)> = o
+                .entries
+                .iter()
+                .map(|e| (e.key.to_string(), e.value.as_str().unwrap_or_default().into_owned()))
+                .collect();
+            (fields, seen)
+        };
+        prop_assert_eq!(run(true), run(false));
+    }
 }
 
 #[test]
@@ -251,7 +312,7 @@ fn unescape_is_used_consistently_for_keys() {
     let sel = Selector::parse("ep.email").unwrap();
     assert!(walk::remove(
         &mut root,
-        true,
+        Some(&mut Hot::default()),
         &[sel],
         false,
         &KeyIndex::EMPTY

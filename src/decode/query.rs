@@ -191,8 +191,20 @@ impl<'a> Iterator for Pairs<'a, '_> {
         } else {
             (p.eq, p.eq + 1)
         };
-        let k = self.s.get(p.start..key_end)?;
-        let v = self.s.get(value_start..p.end)?;
+        debug_assert!(p.start <= key_end && value_start <= p.end && p.end <= self.s.len());
+        debug_assert!(self.s.is_char_boundary(p.start) && self.s.is_char_boundary(p.end));
+        debug_assert!(self.s.is_char_boundary(key_end) && self.s.is_char_boundary(value_start));
+        // SAFETY: the scanner gives offsets in order within the text (`start <= eq < end <=
+        // len`, `start` and `end` next to an `&` or at the text's ends), and every one of
+        // them is at the text's start or end or next to an ASCII `&` or `=`, which are whole
+        // characters: so each is a character boundary. (Checked slicing tested each of the
+        // four boundaries again for every field.)
+        let (k, v) = unsafe {
+            (
+                self.s.get_unchecked(p.start..key_end),
+                self.s.get_unchecked(value_start..p.end),
+            )
+        };
         let enc = if p.val_esc { Enc::Percent } else { Enc::Plain };
         // Escaped keys are unescaped afterwards (rare; a key picked by a branch here is staged
         // on the stack too).

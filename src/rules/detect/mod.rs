@@ -24,6 +24,8 @@ use std::net::Ipv6Addr;
 
 use crate::decode::query::{escape_at, url_separators};
 
+mod census;
+
 /// A kind of personal data or secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -319,21 +321,13 @@ fn arm(b: &[u8], kinds: Kinds) -> u16 {
     if is_uuid(b) {
         return 0;
     }
-    let (mut flags, mut counts) = (0u64, 0u64);
-    for &c in b {
-        let k = CLASS[c as usize];
-        flags |= k;
-        counts = counts.wrapping_add(k); // flags carry only into the bits above the counts
-    }
-    if b.len() > 0xFFFF {
-        counts = COUNTS; // the 16-bit counts may have carried: read them all as "many"
-    }
+    let census::Census {
+        flags,
+        digits: d,
+        dots,
+        colons,
+    } = census::census(b);
     let has = |m: u64| flags & m != 0;
-    let (d, dots, colons) = (
-        counts & 0xFFFF,
-        counts >> 16 & 0xFFFF,
-        counts >> 32 & 0xFFFF,
-    );
     let n = b.len();
     // Every detector needs one of these (the digit counts are the fewest any digit-driven
     // detector below arms with); most values stop here.

@@ -530,3 +530,38 @@ fn find_encoded(b: &[u8], mut from: usize, end: usize, set: &Seps) -> Option<(us
         from = j + 1;
     }
 }
+
+proptest! {
+    /// The AVX-512 pre-pass (where the CPU has it) finds what the table loop finds, at every
+    /// length (whole 64-byte steps and masked tails), for every byte value.
+    #[test]
+    fn the_vector_census_is_the_table_census(
+        bytes in proptest::collection::vec(prop_oneof![
+            proptest::sample::select(b"0123456789.:@%+=?#ABJZbyj-( \x80\xff".to_vec()),
+            proptest::num::u8::ANY,
+        ], 0..300),
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if census::vbmi::available() {
+            // SAFETY: checked just above.
+            let got = unsafe { census::vbmi::census(&bytes) };
+            proptest::prop_assert_eq!(got, census::scalar(&bytes));
+        }
+    }
+}
+
+#[test]
+fn the_vector_census_saturates_like_the_table_census() {
+    // Past 65,535 bytes the table loop's 16-bit counts may carry: both read as "many".
+    let long: Vec<u8> = b"1.:a@".iter().copied().cycle().take(70_000).collect();
+    let want = census::scalar(&long);
+    assert_eq!(
+        (want.digits, want.dots, want.colons),
+        (0xFFFF, 0xFFFF, 0xFFFF)
+    );
+    #[cfg(target_arch = "x86_64")]
+    if census::vbmi::available() {
+        // SAFETY: checked just above.
+        assert_eq!(unsafe { census::vbmi::census(&long) }, want);
+    }
+}

@@ -223,13 +223,13 @@ fn scan(
                     reason: format!("no key file {stem}.key beside it"),
                 });
             }
-        } else if let Some(stem) = file.strip_suffix(".key") {
-            if !p.with_file_name(format!("{stem}.crt")).exists() {
-                problems.push(CertProblem {
-                    file: p.display().to_string(),
-                    reason: format!("no certificate {stem}.crt beside it"),
-                });
-            }
+        } else if let Some(stem) = file.strip_suffix(".key")
+            && !p.with_file_name(format!("{stem}.crt")).exists()
+        {
+            problems.push(CertProblem {
+                file: p.display().to_string(),
+                reason: format!("no certificate {stem}.crt beside it"),
+            });
         }
     }
     Ok(pairs)

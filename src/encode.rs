@@ -19,12 +19,12 @@ pub struct Encoded {
 pub fn encode(doc: &Doc<'_>) -> Encoded {
     let mut out = Encoded::default();
     let q = &doc.parts[0];
-    if q.changed {
-        if let Value::Obj(o) = &q.root {
-            let mut s = String::with_capacity(doc.sizes.0 + doc.sizes.0 / 8 + 64);
-            query::encode(o, q.source, doc.query_spaces, &mut s, &nested_text);
-            out.query = Some(s);
-        }
+    if q.changed
+        && let Value::Obj(o) = &q.root
+    {
+        let mut s = String::with_capacity(doc.sizes.0 + doc.sizes.0 / 8 + 64);
+        query::encode(o, q.source, doc.query_spaces, &mut s, &nested_text);
+        out.query = Some(s);
     }
     if doc.parts[1..].iter().any(|p| p.changed) {
         out.body = Some(rewrap(doc.wrap, encode_body(doc).into_bytes()));

@@ -50,10 +50,10 @@ pub fn upstream_headers(inbound: &HeaderMap, route: &Route, client: IpAddr) -> H
     if let Some(c) = cookies.and_then(|c| HeaderValue::from_str(&c).ok()) {
         out.push((header::COOKIE, c));
     }
-    if let Some(ip) = forwarded_ip(route.forward_ip, client) {
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            out.push((HeaderName::from_static("x-forwarded-for"), v));
-        }
+    if let Some(ip) = forwarded_ip(route.forward_ip, client)
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        out.push((HeaderName::from_static("x-forwarded-for"), v));
     }
     out
 }

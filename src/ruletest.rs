@@ -143,10 +143,10 @@ pub fn run(rules: &RuleSet, spec: &TestSpec) -> Vec<String> {
         };
         (before[i], after[i]) = (b.map(str::to_string), a.map(str::to_string));
     }
-    if let Some(want) = &spec.route {
-        if ins.route != *want {
-            fails.push(format!("reached route {:?}, expected {want:?}", ins.route));
-        }
+    if let Some(want) = &spec.route
+        && ins.route != *want
+    {
+        fails.push(format!("reached route {:?}, expected {want:?}", ins.route));
     }
     match (e.dropped, &ins.dropped) {
         (Some(true), None) => {
@@ -164,10 +164,10 @@ pub fn run(rules: &RuleSet, spec: &TestSpec) -> Vec<String> {
             v.clone()
                 .map_or("(absent)".to_string(), |s| format!("{s:?}"))
         };
-        if let Some(want) = e.fields.get(name) {
-            if a.as_deref() != Some(want.as_str()) {
-                fails.push(format!("field {name}: expected {want:?}, got {}", show(&a)));
-            }
+        if let Some(want) = e.fields.get(name)
+            && a.as_deref() != Some(want.as_str())
+        {
+            fails.push(format!("field {name}: expected {want:?}, got {}", show(&a)));
         }
         if e.changed.contains(name) && (a == b || a.is_none()) {
             fails.push(format!(

@@ -78,13 +78,13 @@ pub fn process(
         site: &rules.inputs,
         consent: Default::default(),
     };
-    if let Some(ids) = &program.ids {
-        if let Err(why) = ids.check(&mut doc, &program.keys) {
-            if let Some(f) = observe {
-                f("received", &doc);
-            }
-            return Ok(Processed::ForeignId(why));
+    if let Some(ids) = &program.ids
+        && let Err(why) = ids.check(&mut doc, &program.keys)
+    {
+        if let Some(f) = observe {
+            f("received", &doc);
         }
+        return Ok(Processed::ForeignId(why));
     }
     let outcome = match observe {
         Some(f) => {

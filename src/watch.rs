@@ -65,10 +65,10 @@ pub fn start(gw: Arc<Gateway>) -> Option<notify::RecommendedWatcher> {
         (rules_dir, RecursiveMode::NonRecursive),
         (certs_dir, RecursiveMode::Recursive),
     ] {
-        if let Some(d) = dir {
-            if let Err(e) = watcher.watch(&d, mode) {
-                tracing::warn!("cannot watch {} ({e}); reload with SIGHUP", d.display());
-            }
+        if let Some(d) = dir
+            && let Err(e) = watcher.watch(&d, mode)
+        {
+            tracing::warn!("cannot watch {} ({e}); reload with SIGHUP", d.display());
         }
     }
     Some(watcher)

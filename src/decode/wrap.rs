@@ -253,8 +253,8 @@ pub fn base64_decode(s: &str) -> Option<(Vec<u8>, Wrap)> {
     // Text with neither alphabet's own characters is ambiguous. Browsers' `btoa` always pads,
     // so unpadded text of a length that needed padding is base64url (Snowplow `ue_px`, `cx`);
     // then a re-encoded field keeps `-`/`_` rather than switching alphabet.
-    let url = has_url || (!has_std && !s.ends_with('=') && s.len() % 4 != 0);
-    let pad = s.ends_with('=') || (!url && s.len() % 4 == 0);
+    let url = has_url || (!has_std && !s.ends_with('=') && !s.len().is_multiple_of(4));
+    let pad = s.ends_with('=') || (!url && s.len().is_multiple_of(4));
     let wrap = if url {
         Wrap::Base64Url { pad }
     } else {

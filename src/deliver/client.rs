@@ -229,13 +229,13 @@ impl UpstreamClient {
     ) -> Result<(Response<UpstreamBody>, Instant), Reject> {
         let deadline = Instant::now() + self.settings.timeout;
         let res = self.send_inner(up, out, deadline).await?;
-        if let Some(len) = http_body::Body::size_hint(res.body()).exact() {
-            if len > self.settings.max_response {
-                return Err(Reject::UpstreamTooLarge(format!(
-                    "upstream {} answered with {len} bytes, over the limit of {} (--max-response-size)",
-                    up.name, self.settings.max_response
-                )));
-            }
+        if let Some(len) = http_body::Body::size_hint(res.body()).exact()
+            && len > self.settings.max_response
+        {
+            return Err(Reject::UpstreamTooLarge(format!(
+                "upstream {} answered with {len} bytes, over the limit of {} (--max-response-size)",
+                up.name, self.settings.max_response
+            )));
         }
         Ok((res, deadline))
     }

@@ -161,10 +161,10 @@ pub async fn exchange(
         }
     };
 
-    if let Framing::Length(n) = framing {
-        if n > max_body {
-            return Err(ExchangeError::TooLarge(n));
-        }
+    if let Framing::Length(n) = framing
+        && n > max_body
+    {
+        return Err(ExchangeError::TooLarge(n));
     }
     let (status, version, headers) = head;
     let mut res = Response::new(UpstreamBody::Empty);

@@ -147,20 +147,20 @@ impl Ctx<'_> {
                 if let Some(tc) = &tc {
                     s = merge(s, tc.signal(p));
                 }
-                if let Some((cc, value)) = cookie {
-                    if let Some((_, token)) = cc.tokens.iter().find(|(q, _)| *q == p) {
-                        let granted = value
-                            .split([',', '|', ' ', ':', '+'])
-                            .any(|t| t.eq_ignore_ascii_case(token));
-                        s = merge(
-                            s,
-                            if granted {
-                                Signal::Granted
-                            } else {
-                                Signal::Denied
-                            },
-                        );
-                    }
+                if let Some((cc, value)) = cookie
+                    && let Some((_, token)) = cc.tokens.iter().find(|(q, _)| *q == p)
+                {
+                    let granted = value
+                        .split([',', '|', ' ', ':', '+'])
+                        .any(|t| t.eq_ignore_ascii_case(token));
+                    s = merge(
+                        s,
+                        if granted {
+                            Signal::Granted
+                        } else {
+                            Signal::Denied
+                        },
+                    );
                 }
                 s
             })
@@ -227,14 +227,14 @@ fn merge(a: Signal, b: Signal) -> Signal {
 /// ad_personalization; `p q m u` deny, `t r n v` grant, `l` unset).
 fn ga4_signal(q: &ConsentParams<'_>, p: Purpose) -> Signal {
     let mut s = Signal::Unknown;
-    if let Some(gcd) = q.gcd.as_deref() {
-        if let Some(&c) = gcd.as_bytes().get(2 + 2 * p.index()) {
-            s = match c {
-                b'p' | b'q' | b'm' | b'u' => Signal::Denied,
-                b't' | b'r' | b'n' | b'v' => Signal::Granted,
-                _ => Signal::Unknown,
-            };
-        }
+    if let Some(gcd) = q.gcd.as_deref()
+        && let Some(&c) = gcd.as_bytes().get(2 + 2 * p.index())
+    {
+        s = match c {
+            b'p' | b'q' | b'm' | b'u' => Signal::Denied,
+            b't' | b'r' | b'n' | b'v' => Signal::Granted,
+            _ => Signal::Unknown,
+        };
     }
     if let Some(gcs) = q.gcs.as_deref() {
         let at = match p {

@@ -191,10 +191,10 @@ impl Program {
                 in_body,
                 &self.keys,
                 &mut |key, v| {
-                    if let Value::Str(s) = v {
-                        if let Err(e) = decode::decode_nested(key, s) {
-                            err.get_or_insert(e);
-                        }
+                    if let Value::Str(s) = v
+                        && let Err(e) = decode::decode_nested(key, s)
+                    {
+                        err.get_or_insert(e);
                     }
                     false
                 },

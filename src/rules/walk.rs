@@ -243,13 +243,12 @@ pub fn remove(
                 if !kp.matches(&e.key) {
                     continue;
                 }
-                if let Value::Str(s) = &mut e.value {
-                    if let Some(n) = s.nested_mut() {
-                        if remove_path(&mut n.root, steps) {
-                            s.touch();
-                            changed = true;
-                        }
-                    }
+                if let Value::Str(s) = &mut e.value
+                    && let Some(n) = s.nested_mut()
+                    && remove_path(&mut n.root, steps)
+                {
+                    s.touch();
+                    changed = true;
                 }
             }
         }

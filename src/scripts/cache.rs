@@ -315,10 +315,10 @@ impl ScriptCache {
             return v.cell.clone();
         }
         let mut freed = 0;
-        if slot.variants.len() >= MAX_VARIANTS {
-            if let Some(i) = (0..slot.variants.len()).min_by_key(|&i| slot.variants[i].used) {
-                freed = slot.variants.swap_remove(i).bytes;
-            }
+        if slot.variants.len() >= MAX_VARIANTS
+            && let Some(i) = (0..slot.variants.len()).min_by_key(|&i| slot.variants[i].used)
+        {
+            freed = slot.variants.swap_remove(i).bytes;
         }
         let cell: Arc<OnceCell<Arc<Variant>>> = Arc::default();
         slot.variants.push(VariantSlot {

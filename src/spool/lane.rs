@@ -125,11 +125,10 @@ pub async fn run(lane: Arc<Lane>) {
             biased;
             _ = lane.wake.notified() => {}
             _ = tick.tick() => {
-                if let Ok(mut w) = lane.writer.lock() {
-                    if lane.jobs.lock().is_ok_and(|j| j.list.is_empty()) {
+                if let Ok(mut w) = lane.writer.lock()
+                    && lane.jobs.lock().is_ok_and(|j| j.list.is_empty()) {
                         w.retire_delivered_active();
                     }
-                }
                 continue;
             }
         }

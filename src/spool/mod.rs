@@ -195,10 +195,10 @@ impl Shared {
             segment::seg_path(&self.dir, id),
             segment::ack_path(&self.dir, id),
         ] {
-            if let Err(e) = std::fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!("spool: cannot remove {}: {e}", p.display());
-                }
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("spool: cannot remove {}: {e}", p.display());
             }
         }
         self.metrics.bytes.fetch_sub(len, Relaxed);

@@ -304,10 +304,10 @@ impl Writer {
         if n == 0 {
             return;
         }
-        if let Ok(mut st) = self.shared.state.lock() {
-            if let Some(s) = st.segs.get_mut(&a.id) {
-                s.total += n;
-            }
+        if let Ok(mut st) = self.shared.state.lock()
+            && let Some(s) = st.segs.get_mut(&a.id)
+        {
+            s.total += n;
         }
     }
 
@@ -328,10 +328,10 @@ impl Writer {
         }
         a.len += std::mem::take(&mut self.pending);
         let (len, id) = (a.len, a.id);
-        if let Ok(mut st) = self.shared.state.lock() {
-            if let Some(s) = st.segs.get_mut(&id) {
-                s.len = len;
-            }
+        if let Ok(mut st) = self.shared.state.lock()
+            && let Some(s) = st.segs.get_mut(&id)
+        {
+            s.len = len;
         }
         Ok(())
     }

@@ -36,10 +36,10 @@ fn fixture(name: &str) -> Fixture {
     // next `key:` line.
     let mut body = Vec::new();
     let mut lines = text.lines().skip_while(|l| !l.starts_with("body"));
-    if let Some(head) = lines.next() {
-        if head.trim_end().ends_with(':') {
-            body.extend(lines.take_while(|l| !l.contains(": ") && !l.ends_with(':')));
-        }
+    if let Some(head) = lines.next()
+        && head.trim_end().ends_with(':')
+    {
+        body.extend(lines.take_while(|l| !l.contains(": ") && !l.ends_with(':')));
     }
     Fixture {
         method: field("method:"),

@@ -533,11 +533,11 @@ fn email(b: &[u8], out: &mut Vec<Finding>) {
             _ if b.get(at + 1..at + 3) == Some(b"40") => 3,
             _ => continue,
         };
-        if let Some(e) = domain_end(b, at + sep) {
-            if let Some(s) = local_start(b, at) {
-                push(out, Kind::Email, s, e);
-                i = e;
-            }
+        if let Some(e) = domain_end(b, at + sep)
+            && let Some(s) = local_start(b, at)
+        {
+            push(out, Kind::Email, s, e);
+            i = e;
         }
     }
 }
@@ -770,7 +770,7 @@ fn luhn(d: &[u8]) -> bool {
             if x > 9 { x - 9 } else { x }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ fn encode(version: u8, consent: u32, li: u32) -> String {
     put(0, 16); // LI vendors: max vendor id 0
     put(0, 1);
     put(0, 12); // no publisher restrictions
-    while bits.len() % 6 != 0 {
+    while !bits.len().is_multiple_of(6) {
         bits.push('0');
     }
     const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -19,16 +19,35 @@ pub struct QueryMasks {
     pub plus: u64,
 }
 
-/// The masks of `block` (bytes past the end of the text are zero, which is none of them).
+/// The masks of the 64-byte block of `b` from `at` (bytes past its end are none of them).
 #[inline]
-pub fn query_masks(block: &[u8; 64]) -> QueryMasks {
-    let [amp, eq, pct, plus] = byte_masks(block, b"&=%+");
+pub fn query_masks(b: &[u8], at: usize) -> QueryMasks {
+    let [amp, eq, pct, plus] = masks_at(b, at, b"&=%+");
     QueryMasks {
         amp,
         eq,
         esc: pct | plus,
         plus,
     }
+}
+
+/// For each byte of `set`, the mask of where it occurs in the 64 bytes of `b` from `at` (bytes
+/// past the end count as zero, as in [`block_at`]).
+///
+/// Where the CPU has AVX-512 BW (checked at run time) the block is read with one masked load
+/// and compared whole, with no copy of a short last block; elsewhere through [`block_at`]
+/// and [`byte_masks`].
+#[inline]
+pub fn masks_at<const N: usize>(b: &[u8], at: usize, set: &[u8; N]) -> [u64; N] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::available() {
+            // SAFETY: the CPU has AVX-512 F and BW (checked just above).
+            return unsafe { avx512::masks_at(b, at, set) };
+        }
+    }
+    let mut pad = [0u8; 64];
+    byte_masks(block_at(b, at, &mut pad), set)
 }
 
 /// For each byte of `set`, the mask of where it occurs in `block`.
@@ -96,6 +115,37 @@ pub fn bits(from: u32, to: u32) -> u64 {
     let below_to = u64::MAX.checked_shr(64 - to).unwrap_or(0);
     let from_up = u64::MAX.checked_shl(from).unwrap_or(0);
     below_to & from_up
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU runs [`masks_at`].
+    #[inline(always)]
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512bw")
+    }
+
+    /// [`super::masks_at`] with one 64-byte compare per byte of `set`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512 F and BW ([`available`]).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn masks_at<const N: usize>(b: &[u8], at: usize, set: &[u8; N]) -> [u64; N] {
+        let rest = b.get(at..).unwrap_or(&[]);
+        let n = rest.len().min(64);
+        let live: __mmask64 = u64::MAX.checked_shr(64 - n as u32).unwrap_or(0);
+        // SAFETY: the mask covers exactly the `n` bytes of `rest` from its start; masked-off
+        // bytes are neither read nor faulted on, and read as zero.
+        let x = unsafe { _mm512_maskz_loadu_epi8(live, rest.as_ptr().cast()) };
+        let mut m = [0u64; N];
+        for (mask, &want) in m.iter_mut().zip(set) {
+            *mask = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(want as i8));
+        }
+        m
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
@@ -197,6 +247,24 @@ mod tests {
         ) {
             let block: [u8; 64] = bytes.try_into().unwrap();
             proptest::prop_assert_eq!(byte_masks(&block, b"&=%+\0"), byte_masks_scalar(&block, b"&=%+\0"));
+        }
+
+        /// The masks of a block read in place (AVX-512, where the CPU has it) are those of the
+        /// padded block, at every offset, short last blocks and past the end included.
+        #[test]
+        fn masks_in_place_match_the_padded_block(
+            bytes in proptest::collection::vec(proptest::sample::select(b"&=%+a\x00\xff".to_vec()), 0..200),
+            at in 0usize..210,
+        ) {
+            let mut pad = [0u8; 64];
+            let want = byte_masks_scalar(block_at(&bytes, at, &mut pad), b"&=%+\0");
+            proptest::prop_assert_eq!(masks_at(&bytes, at, b"&=%+\0"), want);
+            #[cfg(target_arch = "x86_64")]
+            if avx512::available() {
+                // SAFETY: checked just above.
+                let got = unsafe { avx512::masks_at(&bytes, at, b"&=%+\0") };
+                proptest::prop_assert_eq!(got, want);
+            }
         }
     }
 }

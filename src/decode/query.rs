@@ -94,13 +94,11 @@ struct Scanner {
     plus: bool,
     key_esc: bool,
     done: bool,
-    pad: [u8; 64],
 }
 
 impl Scanner {
     fn new(b: &[u8]) -> Scanner {
-        let mut pad = [0u8; 64];
-        let m = mask::query_masks(mask::block_at(b, 0, &mut pad));
+        let m = mask::query_masks(b, 0);
         Scanner {
             base: 0,
             m,
@@ -110,7 +108,6 @@ impl Scanner {
             plus: false,
             key_esc: false,
             done: b.is_empty(),
-            pad,
         }
     }
 
@@ -162,7 +159,7 @@ impl Scanner {
                     ..*pair
                 });
             }
-            self.m = mask::query_masks(mask::block_at(b, self.base, &mut self.pad));
+            self.m = mask::query_masks(b, self.base);
             (self.amp, self.from) = (self.m.amp, 0);
         }
     }
@@ -266,9 +263,8 @@ fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) {
     // Bytes before `i` are written. The hex digits of an escape are never `%` or `+`, so
     // every set bit is at or past `i` when it is reached.
     let mut i = 0;
-    let mut pad = [0u8; 64];
     for base in (0..b.len()).step_by(64) {
-        let [pct, plus] = mask::byte_masks(mask::block_at(b, base, &mut pad), b"%+");
+        let [pct, plus] = mask::masks_at(b, base, b"%+");
         let mut m = pct | plus;
         while m != 0 {
             let at = base + m.trailing_zeros() as usize;
@@ -317,10 +313,8 @@ pub fn escape_at(b: &[u8], i: usize) -> Option<u8> {
 /// iterator: the iterator's state lived in memory and cost a fifth more.)
 #[inline(always)]
 pub fn url_separators(b: &[u8], mut f: impl FnMut(usize, u8, usize) -> ControlFlow<()>) {
-    let mut pad = [0u8; 64];
     for base in (0..b.len()).step_by(64) {
-        let [pct, q, hash, amp, semi, eq] =
-            mask::byte_masks(mask::block_at(b, base, &mut pad), b"%?#&;=");
+        let [pct, q, hash, amp, semi, eq] = mask::masks_at(b, base, b"%?#&;=");
         let mut seps = pct | q | hash | amp | semi | eq;
         while seps != 0 {
             let bit = seps.trailing_zeros();

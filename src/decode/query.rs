@@ -243,7 +243,15 @@ pub fn unescape(s: &str) -> Cow<'_, str> {
 pub fn unescape_into(s: &str, out: &mut String) {
     let start = out.len();
     let mut bytes = std::mem::take(out).into_bytes();
-    unescape_bytes(s.as_bytes(), &mut bytes);
+    if !unescape_bytes(s.as_bytes(), &mut bytes) {
+        debug_assert!(std::str::from_utf8(&bytes).is_ok());
+        // SAFETY: `bytes` is `out`'s text (UTF-8) followed by `s` (UTF-8) with some ASCII
+        // sequences (`+`, `%XX`) replaced by single ASCII bytes, no escape having given a
+        // byte from 0x80 (what `unescape_bytes` returned): the pieces copied from `s` lie
+        // between ASCII bytes, so they are whole characters, and the result is UTF-8.
+        *out = unsafe { String::from_utf8_unchecked(bytes) };
+        return;
+    }
     *out = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -255,11 +263,13 @@ pub fn unescape_into(s: &str, out: &mut String) {
     };
 }
 
-/// The bytes of `b` percent-decoded onto `out`. Escapes are found from 64-byte blocks' masks
-/// of `%` and `+` ([`super::mask`]) and the runs between them copied whole: a page URL has
-/// an escape every few bytes, and searching for each one mispredicted a branch.
-fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) {
+/// The bytes of `b` percent-decoded onto `out`; whether an escape gave a byte from 0x80 (only
+/// then can the result fail to be UTF-8 when `b` is). Escapes are found from 64-byte blocks'
+/// masks of `%` and `+` ([`super::mask`]) and the runs between them copied whole: a page URL
+/// has an escape every few bytes, and searching for each one mispredicted a branch.
+fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) -> bool {
     out.reserve(b.len());
+    let mut high = false;
     // Bytes before `i` are written. The hex digits of an escape are never `%` or `+`, so
     // every set bit is at or past `i` when it is reached.
     let mut i = 0;
@@ -279,6 +289,7 @@ fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) {
             match escape_at(b, at) {
                 Some(c) => {
                     out.push(c);
+                    high |= c >= 0x80;
                     i = at + 3;
                 }
                 None => {
@@ -289,6 +300,7 @@ fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(b.get(i..).unwrap_or_default());
+    high
 }
 
 /// The byte a `%XX` escape at `b[i..]` stands for; `None` when no escape starts there.
@@ -614,9 +626,10 @@ mod tests {
         }
 
         /// Unescaping agrees with the byte-at-a-time definition, escapes across 64-byte
-        /// block edges and malformed ones included.
+        /// block edges, malformed ones, ones giving invalid UTF-8 and plain non-ASCII text
+        /// included.
         #[test]
-        fn unescape_is_byte_at_a_time_decoding(t in "[a%+0-9A-Fg]{0,200}") {
+        fn unescape_is_byte_at_a_time_decoding(t in "[a%+0-9A-Fgé€]{0,200}") {
             let b = t.as_bytes();
             let (mut want, mut i) = (Vec::new(), 0);
             while i < b.len() {

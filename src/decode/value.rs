@@ -571,6 +571,27 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A few removals (runs of neighbours drained from the back), across 64-entry words.
+        #[test]
+        fn removing_a_few_keeps_the_rest_in_order(
+            n in 0usize..300,
+            at in proptest::collection::vec(0usize..300, 0..9),
+        ) {
+            let gone: Vec<bool> = (0..n).map(|i| at.contains(&i)).collect();
+            let keys: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            let mut o = Obj::default();
+            for k in &keys {
+                o.entries.push(Entry::new(Cow::Borrowed(k.as_str()), Value::str("v")));
+            }
+            let removed = o.remove_where(|e| gone[e.key.parse::<usize>().unwrap()]);
+            let left: Vec<&str> = o.entries.iter().map(|e| &*e.key).collect();
+            let want: Vec<&str> = keys.iter().zip(&gone).filter(|(_, g)| !**g).map(|(k, _)| k.as_str()).collect();
+            proptest::prop_assert_eq!(left, want);
+            proptest::prop_assert_eq!(removed, gone.contains(&true));
+        }
+    }
+
     #[test]
     fn text_by_encoding() {
         let mut buf = String::new();

@@ -90,17 +90,23 @@ pub(crate) fn run(
             false
         });
     }
-    // Room for a page URL: grown one value at a time it was reallocated three times a hit.
-    let mut buf = String::with_capacity(512);
+    // Unescaped values go into one buffer per thread, kept across requests (made with room for
+    // a page URL: grown one value at a time it was reallocated three times a hit).
+    BUF.with_borrow_mut(|buf| scan_parts(doc, scan, key, idx, buf));
+}
+
+thread_local! {
+    static BUF: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+}
+
+fn scan_parts(doc: &mut Doc<'_>, scan: &Scan, key: &HmacKey, idx: &KeyIndex, buf: &mut String) {
     for part in &mut doc.parts {
         let exempt = scan
             .flat_exempt
             .map(|m| m[(part.origin != Origin::Query) as usize]);
         let changed = match (&mut part.root, exempt) {
-            (Value::Obj(o), Some(exempt)) if part.flat => {
-                scan_flat(o, exempt, scan, key, idx, &mut buf)
-            }
-            (root, _) => scan_value(root, scan, key, &mut buf),
+            (Value::Obj(o), Some(exempt)) if part.flat => scan_flat(o, exempt, scan, key, idx, buf),
+            (root, _) => scan_value(root, scan, key, buf),
         };
         if changed {
             part.changed = true;

@@ -37,6 +37,29 @@ pub fn census(b: &[u8]) -> Census {
     scalar(b)
 }
 
+/// Bit `k` set when `b[k]` is an ASCII digit, for texts of at most 64 bytes.
+#[inline]
+pub fn digit_mask(b: &[u8]) -> u64 {
+    debug_assert!(b.len() <= 64);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if vbmi::available() {
+            // SAFETY: the CPU has the features `vbmi::digit_mask` is compiled for (checked
+            // just above); `b` is at most 64 bytes long.
+            return unsafe { vbmi::digit_mask(b) };
+        }
+    }
+    digit_mask_scalar(b)
+}
+
+/// [`digit_mask`] one byte at a time (branch-free: digits and letters alternate in ids).
+pub fn digit_mask_scalar(b: &[u8]) -> u64 {
+    b.iter()
+        .take(64)
+        .enumerate()
+        .fold(0, |m, (k, c)| m | (c.is_ascii_digit() as u64) << k)
+}
+
 /// [`census`] one byte at a time (the portable version, and the reference the tests hold the
 /// vector one to).
 #[inline]
@@ -104,6 +127,21 @@ pub(super) mod vbmi {
     pub fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx512vbmi")
             && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+
+    /// [`super::digit_mask`] by one masked load and compare.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512 F and BW ([`available`]), and `b` be at most 64 bytes long.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn digit_mask(b: &[u8]) -> u64 {
+        let live: __mmask64 = u64::MAX.checked_shr(64 - b.len() as u32).unwrap_or(0);
+        // SAFETY: the mask covers exactly `b.len()` (at most 64) bytes from its start, all
+        // inside `b`; masked-off bytes are neither read nor faulted on.
+        let x = unsafe { _mm512_maskz_loadu_epi8(live, b.as_ptr().cast()) };
+        let d = _mm512_sub_epi8(x, _mm512_set1_epi8(b'0' as i8));
+        live & _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(10))
     }
 
     /// [`super::census`], 64 bytes a step.

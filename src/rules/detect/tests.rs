@@ -1,5 +1,5 @@
 use super::*;
-use proptest::prelude::{Just, prop_oneof, proptest};
+use proptest::prelude::{Just, Strategy, prop_oneof, proptest};
 
 fn found(text: &str) -> Vec<(Kind, &str)> {
     let mut out = Vec::new();
@@ -563,5 +563,55 @@ fn the_vector_census_saturates_like_the_table_census() {
     if census::vbmi::available() {
         // SAFETY: checked just above.
         assert_eq!(unsafe { census::vbmi::census(&long) }, want);
+    }
+}
+
+proptest! {
+    /// Leaving out the national phone and card detectors where no digit run can start a match
+    /// ([`digit_runs`]) loses no finding: on digit soups with separators, parentheses, escapes
+    /// (whose hex digits run into the digits after them) and text, the findings with the
+    /// refined bits are the findings with every counted bit.
+    #[test]
+    fn digit_runs_lose_no_finding(
+        parts in proptest::collection::vec(prop_oneof![
+            "[0-9]{1,20}",
+            "[2-6][0-9]{12,18}",
+            "[2-9][0-9]{2}",
+            proptest::sample::select(vec![
+                " ", "-", ".", "(", ")", "+", "1", "%20", "%2B", "%25", "%A5", "%2", "%", "~",
+                "a", "Z", "_", "4111", "5555", "%2D", ":", "e", "4222222222222",
+                "4111111111111111", "378282246310005", "4111 1111 1111 1111",
+                "4111-1111-1111-1111", "555 123 4567", "(555) 123-4567", "1-555-123-4567",
+                "555.123.4567", "%20555%20123%204567", "1 (555) 123 4567",
+            ]).prop_map(|s| s.to_string()),
+        ], 0..12),
+    ) {
+        let text = parts.concat();
+        let b = text.as_bytes();
+        let all = NATIONAL_BIT | CARD_BIT;
+        let findings = |armed: u16| {
+            let mut out = Vec::new();
+            run_armed(b, armed, &mut out, false);
+            resolve(&mut out, 0);
+            out
+        };
+        let without = findings(all);
+        proptest::prop_assert_eq!(findings(digit_runs(b, all)), without.clone(), "{}", text);
+        if b.len() <= 64 && !b.contains(&b'%') {
+            proptest::prop_assert_eq!(findings(digit_runs_by_mask(b, all)), without, "{}", text);
+        }
+    }
+
+    /// The vector digit mask (where the CPU has it) is the byte loop's, at every length.
+    #[test]
+    fn the_vector_digit_mask_is_the_byte_loop_s(
+        bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..=64),
+    ) {
+        let want = bytes
+            .iter()
+            .enumerate()
+            .fold(0u64, |m, (k, c)| m | ((*c as char).is_ascii_digit() as u64) << k);
+        proptest::prop_assert_eq!(census::digit_mask(&bytes), want);
+        proptest::prop_assert_eq!(census::digit_mask_scalar(&bytes), want);
     }
 }

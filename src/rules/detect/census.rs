@@ -144,6 +144,35 @@ pub(super) mod vbmi {
         live & _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(10))
     }
 
+    /// Whether `b` has two capitals followed by two digits anywhere (an IBAN's head), from
+    /// the capitals' and digits' masks of 64-byte blocks that overlap by 3 bytes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512 F and BW ([`available`]).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn has_iban_head(b: &[u8]) -> bool {
+        let mut base = 0;
+        while base + 3 < b.len() {
+            let len = (b.len() - base).min(64);
+            let live: __mmask64 = u64::MAX >> (64 - len);
+            // SAFETY: the mask covers exactly `len` bytes from `base`, all inside `b`;
+            // masked-off bytes are neither read nor faulted on.
+            let x = unsafe { _mm512_maskz_loadu_epi8(live, b.as_ptr().add(base).cast()) };
+            let in_range = |from: u8, n: u8| {
+                let d = _mm512_sub_epi8(x, _mm512_set1_epi8(from as i8));
+                live & _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(n as i8))
+            };
+            let (up, digit) = (in_range(b'A', 26), in_range(b'0', 10));
+            if up & up >> 1 & digit >> 2 & digit >> 3 != 0 {
+                return true;
+            }
+            // The next block starts where a head could start that this one did not hold.
+            base += 61;
+        }
+        false
+    }
+
     /// [`super::census`], 64 bytes a step.
     ///
     /// # Safety

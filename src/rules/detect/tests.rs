@@ -389,6 +389,7 @@ proptest! {
                 && w[3].is_ascii_digit()
         });
         proptest::prop_assert_eq!(has_iban_head(b), every);
+        proptest::prop_assert_eq!(has_iban_head_scalar(b), every);
     }
 }
 
@@ -613,5 +614,21 @@ proptest! {
             .fold(0u64, |m, (k, c)| m | ((*c as char).is_ascii_digit() as u64) << k);
         proptest::prop_assert_eq!(census::digit_mask(&bytes), want);
         proptest::prop_assert_eq!(census::digit_mask_scalar(&bytes), want);
+    }
+}
+
+/// A single head is found wherever it is, across the vector version's block boundaries, and
+/// three quarters of one are not.
+#[test]
+fn iban_heads_at_every_position() {
+    for len in 4..200 {
+        for at in 0..=len - 4 {
+            for (head, want) in [("GB82", true), ("GB8x", false), ("G082", false)] {
+                let mut t = vec![b'x'; len];
+                t[at..at + 4].copy_from_slice(head.as_bytes());
+                assert_eq!(has_iban_head(&t), want, "{head} at {at} of {len}");
+                assert_eq!(has_iban_head_scalar(&t), want, "{head} at {at} of {len}");
+            }
+        }
     }
 }

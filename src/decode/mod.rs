@@ -11,6 +11,8 @@ pub mod json;
 pub mod mask;
 pub mod multipart;
 pub mod query;
+#[cfg(target_arch = "x86_64")]
+mod unescape_vbmi2;
 pub mod value;
 pub mod wrap;
 

@@ -41,6 +41,9 @@ pub struct KeyIndex {
     /// outside it matches nothing and is classified without the memo (about half of a GA4
     /// hit's keys). Empty: every key may match (a glob that starts with `*`).
     prefixes: Vec<u64>,
+    /// Bits no walk over a part's hot fields looks for (those only the scan's exempt list
+    /// uses, which the scan reads off every field's bits): fields with only these are not hot.
+    unwalked: u64,
 }
 
 const BUCKETS: usize = 256;
@@ -69,7 +72,37 @@ impl KeyIndex {
         patterns: Vec::new(),
         id: 0,
         prefixes: Vec::new(),
+        unwalked: 0,
     };
+
+    /// Leaves out of [`Hot`] the fields whose only bits are in `bits`: the program's walks over
+    /// hot fields look for none of them.
+    pub(super) fn unwalked(&mut self, bits: u64) {
+        self.unwalked = bits & !CLASSIFIED;
+    }
+
+    /// Whether a classified entry can be matched by a selector that the walks over hot fields
+    /// look for: it has such a bit, or it is not classified yet (added or renamed).
+    #[inline(always)]
+    fn is_hot(&self, e: &Entry<'_>) -> bool {
+        e.class & !self.unwalked != CLASSIFIED
+    }
+
+    /// The entries of a flat part a walk can match ([`Hot`]), once [`KeyIndex::classify_all`]
+    /// has classified them.
+    pub fn hot(&self, entries: &[Entry<'_>]) -> Hot {
+        Hot::of(entries, |e| self.is_hot(e))
+    }
+
+    /// Whether `hot` holds every entry that [`KeyIndex::hot`] would pick now (the invariant
+    /// the rules keep as they add, remove and rename fields; checked in debug builds).
+    pub fn hot_holds(&self, hot: Hot, entries: &[Entry<'_>]) -> bool {
+        match (hot.bits(), self.hot(entries).bits()) {
+            (Some(have), Some(need)) => need & !have == 0,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
 
     /// Gives `sel` a bit for its flat pattern (shared with any selector of the same pattern).
     /// Selectors beyond the 63rd distinct pattern keep no bit and are matched directly.
@@ -145,7 +178,7 @@ impl KeyIndex {
                     };
                 }
                 // (Wrapping past 64 entries, where the bits are not used.)
-                bits |= (is_hot(e) as u64) << (i % 64);
+                bits |= (self.is_hot(e) as u64) << (i % 64);
             }
         });
         Hot::of_bits(bits, entries.len())
@@ -352,29 +385,6 @@ impl Plan {
             any_direct: false,
             nested: false,
         }
-    }
-}
-
-/// Whether a classified entry can be matched by some selector of the program: it has key bits,
-/// or it is not classified yet (added or renamed).
-#[inline(always)]
-fn is_hot(e: &Entry<'_>) -> bool {
-    e.class != CLASSIFIED
-}
-
-/// The entries of a flat part some selector of the program can match ([`Hot`]), once
-/// [`KeyIndex::classify_all`] has classified them.
-pub fn hot(entries: &[Entry<'_>]) -> Hot {
-    Hot::of(entries, is_hot)
-}
-
-/// Whether `hot` holds every entry that [`hot`] would pick now (the invariant the rules keep
-/// as they add, remove and rename fields; checked in debug builds).
-pub fn hot_holds(hot: Hot, entries: &[Entry<'_>]) -> bool {
-    match (hot.bits(), self::hot(entries).bits()) {
-        (Some(have), Some(need)) => need & !have == 0,
-        (Some(_), None) => false,
-        (None, _) => true,
     }
 }
 

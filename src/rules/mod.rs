@@ -155,6 +155,22 @@ impl Program {
         if let Some(ids) = &mut self.ids {
             ids.fields.iter_mut().for_each(|s| idx.add(s));
         }
+        // Where the scan tells exempt fields by their bits, no walk over hot fields looks for
+        // the bits only its exempt list has (GA4's eight `ua*` client hints): leaving those
+        // fields out of `Hot` spares every rule passing over them.
+        if let Some(scan) = &self.scan
+            && scan.exempt_by_bit()
+        {
+            let bits = |sels: &[Selector]| sels.iter().fold(0, |m, s| m | s.bit);
+            let mut walked = bits(&self.nested) | self.ids.as_ref().map_or(0, |i| bits(&i.fields));
+            for rule in &mut self.rules {
+                walked |= bits(rule.action.selectors_mut());
+                if let Action::Set(pairs) = &rule.action {
+                    walked |= pairs.iter().fold(0, |m, (s, _)| m | s.bit);
+                }
+            }
+            idx.unwalked(bits(&scan.exempt) & !walked);
+        }
         self.keys = idx;
         self.reads_consent = self.rules.iter().any(|r| {
             r.when

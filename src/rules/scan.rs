@@ -38,6 +38,12 @@ impl Scan {
         }
     }
 
+    /// Whether a flat part's exempt fields are told by their key bits alone ([`Scan::index`]):
+    /// then the scan walks no flat part for them.
+    pub(super) fn exempt_by_bit(&self) -> bool {
+        self.flat_exempt.is_some()
+    }
+
     /// Called once the exempt selectors have their key bits: a flat part can skip exempt
     /// fields by bit when every exempt selector has one and none reaches into a nested
     /// document.

@@ -20,11 +20,18 @@ fn for_plan<'a>(
     entries: &mut [Entry<'a>],
     hot: Hot,
     plan: &Plan,
+    idx: &KeyIndex,
     mut each: impl FnMut(usize, &mut Entry<'a>),
 ) {
     match hot.bits() {
         Some(mut bits) if !plan.any_direct && !plan.nested => {
-            debug_assert!(keys::hot_holds(hot, entries), "hot entries out of date");
+            debug_assert!(idx.hot_holds(hot, entries), "hot entries out of date");
+            debug_assert!(
+                entries.iter().enumerate().all(|(i, e)| {
+                    e.class & plan.mask & !keys::CLASSIFIED == 0 || i >= 64 || bits & 1 << i != 0
+                }),
+                "a field this walk looks for is not hot"
+            );
             while bits != 0 {
                 let i = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
@@ -52,7 +59,7 @@ pub fn visit<'a>(
     match (root, flat) {
         (Value::Obj(obj), Some(hot)) => {
             let plan = Plan::new(sels, in_body);
-            for_plan(&mut obj.entries, *hot, &plan, |_, e| {
+            for_plan(&mut obj.entries, *hot, &plan, idx, |_, e| {
                 let class = if plan.mask != 0 { idx.class_of(e) } else { 0 };
                 // Most fields are passed over by their bits alone.
                 let nested = plan.nested && has_nested(&e.value);
@@ -215,18 +222,24 @@ pub fn remove(
         Some(_) if !plan.any_direct => {
             // Only hot entries can be hit; nested documents are handled below.
             let mut gone = 0u64;
-            for_plan(&mut obj.entries, *hot, &Plan::bits(plan.mask), |i, e| {
-                if hit(e) {
-                    gone |= 1 << i;
-                }
-            });
+            for_plan(
+                &mut obj.entries,
+                *hot,
+                &Plan::bits(plan.mask),
+                idx,
+                |i, e| {
+                    if hit(e) {
+                        gone |= 1 << i;
+                    }
+                },
+            );
             hot.remove(gone);
             obj.remove_bits(gone)
         }
         _ => {
             let c = obj.remove_where(hit);
             if c {
-                rehot(hot, &obj.entries);
+                rehot(hot, &obj.entries, idx);
             }
             c
         }
@@ -334,7 +347,7 @@ pub fn retain(
             })
         });
         if c {
-            rehot(hot, &obj.entries);
+            rehot(hot, &obj.entries, idx);
         }
         return c;
     }
@@ -468,7 +481,7 @@ pub fn set<'a>(
         // The entries with this key are the hot ones with its bit.
         Some(_) if sel.bit != 0 => {
             let mut with = 0u64;
-            for_plan(&mut obj.entries, *hot, &Plan::bits(sel.bit), |i, e| {
+            for_plan(&mut obj.entries, *hot, &Plan::bits(sel.bit), idx, |i, e| {
                 if idx.class_of(e) & sel.bit != 0 {
                     with |= 1 << i;
                 }
@@ -494,7 +507,7 @@ pub fn set<'a>(
             if obj.entries.len() == n + 1 {
                 hot.mark(n);
             } else if obj.entries.len() < n {
-                rehot(hot, &obj.entries);
+                rehot(hot, &obj.entries, idx);
             }
         }
     }
@@ -502,9 +515,9 @@ pub fn set<'a>(
 }
 
 /// Finds a flat part's hot entries again after a change that moved them unpredictably.
-fn rehot(hot: &mut Hot, entries: &[Entry<'_>]) {
+fn rehot(hot: &mut Hot, entries: &[Entry<'_>], idx: &KeyIndex) {
     if hot.bits().is_some() {
-        *hot = keys::hot(entries);
+        *hot = idx.hot(entries);
     }
 }
 

@@ -127,6 +127,27 @@ pub(crate) mod avx512 {
         std::arch::is_x86_feature_detected!("avx512bw")
     }
 
+    /// The (up to) 64 bytes of `b` from `at`, zero past its end, and which of them are in
+    /// it (bit `k` for byte `at + k`): one masked load, however short the rest of `b` is.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    pub fn load(b: &[u8], at: usize) -> (__m512i, u64) {
+        let rest = b.get(at..).unwrap_or(&[]);
+        let live = super::bits(0, rest.len().min(64) as u32);
+        // SAFETY: the mask covers exactly the first (at most 64) bytes of `rest`; masked-off
+        // bytes are neither read nor faulted on, and read as zero.
+        let x = unsafe { _mm512_maskz_loadu_epi8(live, rest.as_ptr().cast()) };
+        (x, live)
+    }
+
+    /// The bytes of `x` in `from..from + n` (wrapping arithmetic: `from` at most 255 - `n`).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    pub fn in_range(x: __m512i, from: u8, n: u8) -> u64 {
+        let d = _mm512_sub_epi8(x, _mm512_set1_epi8(from as i8));
+        _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(n as i8))
+    }
+
     /// [`super::masks_at`] with one 64-byte compare per byte of `set`.
     ///
     /// # Safety
@@ -134,12 +155,7 @@ pub(crate) mod avx512 {
     /// The CPU must have AVX-512 F and BW ([`available`]).
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn masks_at<const N: usize>(b: &[u8], at: usize, set: &[u8; N]) -> [u64; N] {
-        let rest = b.get(at..).unwrap_or(&[]);
-        let n = rest.len().min(64);
-        let live: __mmask64 = u64::MAX.checked_shr(64 - n as u32).unwrap_or(0);
-        // SAFETY: the mask covers exactly the `n` bytes of `rest` from its start; masked-off
-        // bytes are neither read nor faulted on, and read as zero.
-        let x = unsafe { _mm512_maskz_loadu_epi8(live, rest.as_ptr().cast()) };
+        let (x, _) = load(b, at);
         let mut m = [0u64; N];
         for (mask, &want) in m.iter_mut().zip(set) {
             *mask = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(want as i8));

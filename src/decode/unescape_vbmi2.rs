@@ -9,6 +9,8 @@
 
 use std::arch::x86_64::*;
 
+use super::mask::avx512;
+
 /// Whether this CPU runs [`unescape_bytes`].
 #[inline(always)]
 pub fn available() -> bool {
@@ -34,7 +36,7 @@ static AFTER_NEXT: [u8; 64] = shifted(2);
 /// The low `n` bits (`n` at most 64).
 #[inline(always)]
 fn low(n: usize) -> u64 {
-    u64::MAX.checked_shr(64 - n as u32).unwrap_or(0)
+    super::mask::bits(0, n as u32)
 }
 
 /// What `super::query::unescape_bytes` does: `b` percent-decoded (`%XX` with two hex digits is
@@ -59,9 +61,7 @@ pub unsafe fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) -> bool {
     let mut i = 0;
     while i < b.len() {
         let n = (b.len() - i).min(64);
-        // SAFETY: the mask covers exactly `n` bytes from `i`, all inside `b`; masked-off bytes
-        // are neither read nor faulted on, and read as zero.
-        let x = unsafe { _mm512_maskz_loadu_epi8(low(n), b.as_ptr().add(i).cast()) };
+        let (x, live) = avx512::load(b, i);
         let pct = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(b'%' as i8));
         let plus = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(b'+' as i8));
         // Hex digits and their values (other bytes' values are never used).
@@ -70,9 +70,8 @@ pub unsafe fn unescape_bytes(b: &[u8], out: &mut Vec<u8>) -> bool {
             _mm512_or_si512(x, _mm512_set1_epi8(0x20)),
             _mm512_set1_epi8(b'a' as i8),
         );
-        let is_digit = _mm512_cmplt_epu8_mask(digit, _mm512_set1_epi8(10));
         let is_letter = _mm512_cmplt_epu8_mask(letter, _mm512_set1_epi8(6));
-        let hex = (is_digit | is_letter) & low(n);
+        let hex = (avx512::in_range(x, b'0', 10) | is_letter) & live;
         let value = _mm512_mask_blend_epi8(
             is_letter,
             digit,

@@ -137,39 +137,34 @@ impl Program {
     /// program is compiled.
     pub fn index_keys(mut self) -> Program {
         let mut idx = KeyIndex::default();
+        // The bits of the selectors that walk a part's hot fields: all but the scan's exempt
+        // list.
+        let mut walked = 0;
+        let mut add = |s: &mut Selector| {
+            idx.add(s);
+            walked |= s.bit;
+        };
         for rule in &mut self.rules {
-            rule.action
-                .selectors_mut()
-                .iter_mut()
-                .for_each(|s| idx.add(s));
+            rule.action.selectors_mut().iter_mut().for_each(&mut add);
             // A flat `set` finds the field it replaces by its bit among the hot fields.
             if let Action::Set(pairs) = &mut rule.action {
-                pairs.iter_mut().for_each(|(s, _)| idx.add(s));
+                pairs.iter_mut().for_each(|(s, _)| add(s));
             }
+        }
+        self.nested.iter_mut().for_each(&mut add);
+        if let Some(ids) = &mut self.ids {
+            ids.fields.iter_mut().for_each(&mut add);
         }
         if let Some(scan) = &mut self.scan {
             scan.exempt.iter_mut().for_each(|s| idx.add(s));
             scan.index();
-        }
-        self.nested.iter_mut().for_each(|s| idx.add(s));
-        if let Some(ids) = &mut self.ids {
-            ids.fields.iter_mut().for_each(|s| idx.add(s));
-        }
-        // Where the scan tells exempt fields by their bits, no walk over hot fields looks for
-        // the bits only its exempt list has (GA4's eight `ua*` client hints): leaving those
-        // fields out of `Hot` spares every rule passing over them.
-        if let Some(scan) = &self.scan
-            && scan.exempt_by_bit()
-        {
-            let bits = |sels: &[Selector]| sels.iter().fold(0, |m, s| m | s.bit);
-            let mut walked = bits(&self.nested) | self.ids.as_ref().map_or(0, |i| bits(&i.fields));
-            for rule in &mut self.rules {
-                walked |= bits(rule.action.selectors_mut());
-                if let Action::Set(pairs) = &rule.action {
-                    walked |= pairs.iter().fold(0, |m, (s, _)| m | s.bit);
-                }
+            // Where the scan tells exempt fields by their bits, no walk over hot fields looks
+            // for the bits only its exempt list has (GA4's eight `ua*` client hints): leaving
+            // those fields out of `Hot` spares every rule passing over them.
+            if scan.exempt_by_bit() {
+                let exempt = scan.exempt.iter().fold(0, |m, s| m | s.bit);
+                idx.unwalked(exempt & !walked);
             }
-            idx.unwalked(bits(&scan.exempt) & !walked);
         }
         self.keys = idx;
         self.reads_consent = self.rules.iter().any(|r| {

@@ -118,6 +118,8 @@ const _: () = assert!(
 pub(super) mod vbmi {
     use std::arch::x86_64::*;
 
+    use crate::decode::mask::avx512;
+
     use super::Census;
 
     static TABLES: ([u8; 128], [u8; 128]) = super::split_classes();
@@ -136,12 +138,8 @@ pub(super) mod vbmi {
     /// The CPU must have AVX-512 F and BW ([`available`]), and `b` be at most 64 bytes long.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn digit_mask(b: &[u8]) -> u64 {
-        let live: __mmask64 = u64::MAX.checked_shr(64 - b.len() as u32).unwrap_or(0);
-        // SAFETY: the mask covers exactly `b.len()` (at most 64) bytes from its start, all
-        // inside `b`; masked-off bytes are neither read nor faulted on.
-        let x = unsafe { _mm512_maskz_loadu_epi8(live, b.as_ptr().cast()) };
-        let d = _mm512_sub_epi8(x, _mm512_set1_epi8(b'0' as i8));
-        live & _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(10))
+        let (x, live) = avx512::load(b, 0);
+        live & avx512::in_range(x, b'0', 10)
     }
 
     /// Whether `b` has two capitals followed by two digits anywhere (an IBAN's head), from
@@ -154,16 +152,9 @@ pub(super) mod vbmi {
     pub unsafe fn has_iban_head(b: &[u8]) -> bool {
         let mut base = 0;
         while base + 3 < b.len() {
-            let len = (b.len() - base).min(64);
-            let live: __mmask64 = u64::MAX >> (64 - len);
-            // SAFETY: the mask covers exactly `len` bytes from `base`, all inside `b`;
-            // masked-off bytes are neither read nor faulted on.
-            let x = unsafe { _mm512_maskz_loadu_epi8(live, b.as_ptr().add(base).cast()) };
-            let in_range = |from: u8, n: u8| {
-                let d = _mm512_sub_epi8(x, _mm512_set1_epi8(from as i8));
-                live & _mm512_cmplt_epu8_mask(d, _mm512_set1_epi8(n as i8))
-            };
-            let (up, digit) = (in_range(b'A', 26), in_range(b'0', 10));
+            let (x, live) = avx512::load(b, base);
+            let up = live & avx512::in_range(x, b'A', 26);
+            let digit = live & avx512::in_range(x, b'0', 10);
             if up & up >> 1 & digit >> 2 & digit >> 3 != 0 {
                 return true;
             }
@@ -198,11 +189,8 @@ pub(super) mod vbmi {
             _mm512_set1_epi8(2),
             _mm512_set1_epi8(4),
         );
-        for chunk in b.chunks(64) {
-            let live: __mmask64 = u64::MAX >> (64 - chunk.len());
-            // SAFETY: the mask covers exactly `chunk.len()` bytes from its start, all inside
-            // `chunk`; masked-off bytes are neither read nor faulted on.
-            let x = unsafe { _mm512_maskz_loadu_epi8(live, chunk.as_ptr().cast()) };
+        for base in (0..b.len()).step_by(64) {
+            let (x, live) = avx512::load(b, base);
             // Bytes from 0x80 have no class: the lookup uses only the low 7 bits.
             let ascii = live & !_mm512_movepi8_mask(x);
             let c_lo = _mm512_maskz_permutex2var_epi8(ascii, lo0, x, lo1);
